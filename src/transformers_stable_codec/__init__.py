@@ -1,0 +1,31 @@
+"""Stable Codec (Stability AI's Transformer Audio AutoEncoder) as a Hugging Face `transformers` model.
+
+Importing the package registers `stable_codec` with `AutoConfig` and `AutoModel`.
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecConfig
+from .modeling_stable_codec import (
+    StableCodecDecoderOutput,
+    StableCodecEncoderOutput,
+    StableCodecModel,
+    StableCodecOutput,
+    StableCodecPreTrainedModel,
+)
+
+
+__version__ = "0.1.0"
+
+AutoConfig.register(StableCodecConfig.model_type, StableCodecConfig, exist_ok=True)
+AutoModel.register(StableCodecConfig, StableCodecModel, exist_ok=True)
+
+__all__ = [
+    "POSTHOC_BOTTLENECK_PRESETS",
+    "StableCodecConfig",
+    "StableCodecDecoderOutput",
+    "StableCodecEncoderOutput",
+    "StableCodecModel",
+    "StableCodecOutput",
+    "StableCodecPreTrainedModel",
+]

@@ -1,0 +1,846 @@
+"""PyTorch Stable Codec: the Transformer Audio AutoEncoder (TAAE) of arXiv 2411.19842 with its FSQ bottlenecks.
+
+Reads top to bottom: outputs, rotary embedding, attention, transformer layer, encoder and decoder stages, the FSQ
+bottlenecks, then the pretrained-model base and the model itself.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedAudioTokenizerBase
+from transformers.utils import ModelOutput, can_return_tuple
+
+from .configuration_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecConfig
+
+
+PosthocBottleneck = str | Sequence[tuple[Sequence[int], float]] | None
+
+
+@dataclass
+class StableCodecEncoderOutput(ModelOutput):
+    r"""
+    audio_codes (`torch.LongTensor` of shape `(batch_size, tokens_per_step, frames)`):
+        Token indices: one per frame for the training-time FSQ, one per stage and frame for a post-hoc bottleneck.
+    latents (`torch.FloatTensor` of shape `(batch_size, latent_dim, frames)`):
+        Pre-bottleneck latents (before tanh and quantization), the input of the CTC phoneme head.
+    audio_codes_mask (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
+        1 for frames that hold audio, 0 for frames that only hold padding (given when `padding_mask` was).
+    """
+
+    audio_codes: torch.LongTensor | None = None
+    latents: torch.FloatTensor | None = None
+    audio_codes_mask: torch.LongTensor | None = None
+
+
+@dataclass
+class StableCodecDecoderOutput(ModelOutput):
+    r"""
+    audio_values (`torch.FloatTensor` of shape `(batch_size, 1, frames * hop_length)`):
+        Decoded waveform.
+    """
+
+    audio_values: torch.FloatTensor | None = None
+
+
+@dataclass
+class StableCodecOutput(ModelOutput):
+    r"""
+    audio_values (`torch.FloatTensor` of shape `(batch_size, 1, sequence_length)`):
+        Reconstructed waveform, cropped to the input length.
+    audio_codes (`torch.LongTensor` of shape `(batch_size, tokens_per_step, frames)`):
+        Token indices of the chosen bottleneck.
+    latents (`torch.FloatTensor` of shape `(batch_size, latent_dim, frames)`):
+        Pre-bottleneck latents.
+    quantized_latents (`torch.FloatTensor` of shape `(batch_size, latent_dim, frames)`):
+        What the decoder received: the quantized latents (in training mode, the dithered ones).
+    audio_codes_mask (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
+        1 for frames that hold audio, 0 for padding frames.
+    """
+
+    audio_values: torch.FloatTensor | None = None
+    audio_codes: torch.LongTensor | None = None
+    latents: torch.FloatTensor | None = None
+    quantized_latents: torch.FloatTensor | None = None
+    audio_codes_mask: torch.LongTensor | None = None
+
+
+def weight_normed(conv: nn.Module) -> nn.Module:
+    """Weight normalization as the original applies it (magnitude per output row, dim 0)."""
+    return nn.utils.parametrizations.weight_norm(conv, name="weight", dim=0)
+
+
+class StableCodecRotaryEmbedding(nn.Module):
+    """RoPE on the first `rotary_dim` channels of each head, positions counted from 0 at every stage."""
+
+    def __init__(self, config: StableCodecConfig):
+        super().__init__()
+        self.rotary_dim = config.rotary_dim
+        self.rope_theta = config.rope_theta
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+
+    def compute_inv_freq(self, device=None) -> torch.Tensor:
+        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32, device=device) / self.rotary_dim
+        return 1.0 / (self.rope_theta**exponents)
+
+    @torch.no_grad()
+    def forward(self, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(num_frames, device=self.inv_freq.device, dtype=torch.float32)
+        angles = torch.outer(positions, self.inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos(), angles.sin()
+
+
+def rotate_half(states: torch.Tensor) -> torch.Tensor:
+    first, second = states.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def apply_partial_rotary_pos_emb(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates the leading `cos.shape[-1]` channels in float32 (as the original does), passes the rest through."""
+    rotary_dim = cos.shape[-1]
+    rotated, passed = states[..., :rotary_dim].float(), states[..., rotary_dim:]
+    rotated = rotated * cos + rotate_half(rotated) * sin
+    return torch.cat((rotated.to(states.dtype), passed), dim=-1)
+
+
+def sliding_window_mask_function(left: int, right: int, frame_is_valid: torch.Tensor | None) -> Callable:
+    """Query `q` sees keys `q - left .. q + right` that hold audio; padding queries see their window unmasked, so
+    that no row is empty (their outputs are discarded)."""
+
+    def mask_function(batch_idx, head_idx, q_idx, kv_idx):
+        in_window = (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
+        if frame_is_valid is None:
+            return in_window
+        return in_window & (frame_is_valid[batch_idx, kv_idx] | ~frame_is_valid[batch_idx, q_idx])
+
+    return mask_function
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+def windowed_flash_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    frame_is_valid: torch.Tensor | None,
+    scaling: float,
+) -> torch.Tensor:
+    """Flash attention with the asymmetric `(left, right)` window, which transformers' symmetric `sliding_window`
+    cannot express. Padding is handled by packing each clip's valid frames (variable-length kernel)."""
+    from transformers.modeling_flash_attention_utils import lazy_import_flash_attention
+
+    if query.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            f"{module.config._attn_implementation} computes in float16/bfloat16 only, but the model runs in "
+            f"{query.dtype}. Load it with `dtype=torch.bfloat16`, or use `attn_implementation='sdpa'` or "
+            "'flex_attention' for exact float32."
+        )
+    flash_fn, flash_varlen_fn = lazy_import_flash_attention(module.config._attn_implementation)[0][:2]
+    window = tuple(module.config.sliding_window)
+    query, key, value = (states.transpose(1, 2) for states in (query, key, value))  # (batch, frames, heads, dim)
+    if frame_is_valid is None:
+        return flash_fn(query, key, value, softmax_scale=scaling, causal=False, window_size=window)
+
+    lengths = frame_is_valid.sum(dim=-1, dtype=torch.int32)
+    cu_seqlens = nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+    max_length = int(lengths.max())
+    packed = flash_varlen_fn(
+        query[frame_is_valid],
+        key[frame_is_valid],
+        value[frame_is_valid],
+        cu_seqlens_q=cu_seqlens,
+        cu_seqlens_k=cu_seqlens,
+        max_seqlen_q=max_length,
+        max_seqlen_k=max_length,
+        softmax_scale=scaling,
+        causal=False,
+        window_size=window,
+    )
+    output = query.new_zeros(query.shape)
+    output[frame_is_valid] = packed
+    return output
+
+
+class StableCodecAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection, per-head QK LayerNorm, partial RoPE and an asymmetric
+    sliding window, dispatched through transformers' attention interface."""
+
+    def __init__(self, config: StableCodecConfig, width: int, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = width // config.head_dim
+        self.scaling = config.head_dim**-0.5
+        self.is_causal = False
+        self.qkv_proj = nn.Linear(width, 3 * width, bias=False)
+        self.q_norm = nn.LayerNorm(config.head_dim, eps=config.qk_norm_eps)
+        self.k_norm = nn.LayerNorm(config.head_dim, eps=config.qk_norm_eps)
+        self.o_proj = nn.Linear(width, width, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        frame_is_valid: torch.Tensor | None,
+    ) -> torch.Tensor:
+        batch_size, num_frames, width = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch_size, num_frames, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.transpose(1, 3).unbind(dim=2)  # each (batch, heads, frames, head_dim)
+        query, key = self.q_norm(query), self.k_norm(key)
+        cos, sin = position_embeddings
+        query = apply_partial_rotary_pos_emb(query, cos, sin)
+        key = apply_partial_rotary_pos_emb(key, cos, sin)
+
+        implementation = self.config._attn_implementation
+        if implementation.startswith("flash_attention"):
+            attn_output = windowed_flash_attention_forward(self, query, key, value, frame_is_valid, self.scaling)
+        else:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+            attn_output, _ = attention_interface(
+                self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, is_causal=False
+            )
+        return self.o_proj(attn_output.reshape(batch_size, num_frames, width))
+
+
+class StableCodecLayerScale(nn.Module):
+    def __init__(self, width: int, init_value: float):
+        super().__init__()
+        self.init_value = init_value
+        self.scale = nn.Parameter(torch.full((width,), init_value))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states * self.scale
+
+
+class StableCodecFeedForward(nn.Module):
+    """SwiGLU: the input projection yields value and gate halves; the output is `value * silu(gate)` projected."""
+
+    def __init__(self, config: StableCodecConfig, width: int):
+        super().__init__()
+        inner_width = width * config.ff_mult
+        self.input_proj = nn.Linear(width, 2 * inner_width)
+        self.output_proj = nn.Linear(inner_width, width)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        value, gate = self.input_proj(hidden_states).chunk(2, dim=-1)
+        return self.output_proj(value * nn.functional.silu(gate))
+
+
+class StableCodecTransformerLayer(GradientCheckpointingLayer):
+    """Pre-norm block: `x + LayerScale(Attention(LN(x)))`, then `x + LayerScale(SwiGLU(LN(x)))`."""
+
+    def __init__(self, config: StableCodecConfig, width: int, layer_idx: int):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(width, eps=config.norm_eps, bias=False)
+        self.attention = StableCodecAttention(config, width, layer_idx)
+        self.attention_scale = StableCodecLayerScale(width, config.layer_scale_init_value)
+        self.feed_forward_norm = nn.LayerNorm(width, eps=config.norm_eps, bias=False)
+        self.feed_forward = StableCodecFeedForward(config, width)
+        self.feed_forward_scale = StableCodecLayerScale(width, config.layer_scale_init_value)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        frame_is_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        attended = self.attention(self.attention_norm(hidden_states), position_embeddings, attention_mask, frame_is_valid)
+        hidden_states = hidden_states + self.attention_scale(attended)
+        return hidden_states + self.feed_forward_scale(self.feed_forward(self.feed_forward_norm(hidden_states)))
+
+
+class StableCodecTransformer(nn.Module):
+    """The transformer layers of one stage, on channels-first hidden states `(batch, width, frames)`."""
+
+    def __init__(self, config: StableCodecConfig, width: int, depth: int, first_layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.rotary_emb = StableCodecRotaryEmbedding(config)
+        self.layers = nn.ModuleList(
+            StableCodecTransformerLayer(config, width, first_layer_idx + index) for index in range(depth)
+        )
+
+    def forward(self, hidden_states: torch.Tensor, frame_is_valid: torch.Tensor | None) -> torch.Tensor:
+        if len(self.layers) == 0:
+            return hidden_states
+        hidden_states = hidden_states.transpose(1, 2)
+        position_embeddings = self.rotary_emb(hidden_states.shape[1])
+        attention_mask = None
+        if not self.config._attn_implementation.startswith("flash_attention"):
+            left, right = self.config.sliding_window
+            attention_mask = create_bidirectional_mask(
+                config=self.config,
+                inputs_embeds=hidden_states,
+                attention_mask=None,
+                and_mask_function=sliding_window_mask_function(left, right, frame_is_valid),
+            )
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, position_embeddings, attention_mask, frame_is_valid)
+        return hidden_states.transpose(1, 2)
+
+
+def mask_padding(hidden_states: torch.Tensor, frame_is_valid: torch.Tensor | None) -> torch.Tensor:
+    """Zeroes padding frames, so that convolutions see what they would see at the end of a clip alone."""
+    if frame_is_valid is None:
+        return hidden_states
+    return hidden_states * frame_is_valid[:, None, :].to(hidden_states.dtype)
+
+
+class StableCodecEncoderStage(nn.Module):
+    """Optional strided convolution (kernel 2*stride), then transformer layers at the new frame rate."""
+
+    def __init__(self, config: StableCodecConfig, in_width: int, out_width: int, stride: int, depth: int, first_layer_idx: int):
+        super().__init__()
+        self.stride = stride
+        self.downsample = None
+        if stride > 1 or in_width != out_width:
+            self.downsample = weight_normed(
+                nn.Conv1d(in_width, out_width, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2))
+            )
+        self.transformer = StableCodecTransformer(config, out_width, depth, first_layer_idx)
+
+    def forward(self, hidden_states: torch.Tensor, frame_is_valid: torch.Tensor | None) -> torch.Tensor:
+        if self.downsample is not None:
+            hidden_states = self.downsample(hidden_states)
+        return self.transformer(hidden_states, frame_is_valid)
+
+
+class StableCodecDecoderStage(nn.Module):
+    """Transformer layers, then an optional transposed convolution (kernel 2*stride) that upsamples."""
+
+    def __init__(self, config: StableCodecConfig, in_width: int, out_width: int, stride: int, depth: int, first_layer_idx: int):
+        super().__init__()
+        self.stride = stride
+        self.transformer = StableCodecTransformer(config, in_width, depth, first_layer_idx)
+        self.upsample = None
+        if stride > 1 or in_width != out_width:
+            self.upsample = weight_normed(
+                nn.ConvTranspose1d(in_width, out_width, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2))
+            )
+
+    def forward(self, hidden_states: torch.Tensor, frame_is_valid: torch.Tensor | None) -> torch.Tensor:
+        hidden_states = self.transformer(hidden_states, frame_is_valid)
+        if self.upsample is not None:
+            hidden_states = self.upsample(mask_padding(hidden_states, frame_is_valid))
+        return hidden_states
+
+
+def frame_masks(frames_valid: torch.Tensor | None, lengths: Sequence[int], factors: Sequence[int]) -> list:
+    """Boolean (batch, length) masks of the frames that hold audio at each resolution; `factors` give how many
+    frames of that resolution one latent frame spans. None when nothing is padded."""
+    if frames_valid is None:
+        return [None] * len(lengths)
+    return [
+        torch.arange(length, device=frames_valid.device)[None, :] < (frames_valid[:, None] * factor)
+        for length, factor in zip(lengths, factors)
+    ]
+
+
+class StableCodecEncoder(nn.Module):
+    """Waveform `(batch, 1, samples)` to pre-bottleneck latents `(batch, latent_dim, frames)`."""
+
+    def __init__(self, config: StableCodecConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        widths = config.stage_widths
+        self.input_conv = weight_normed(nn.Conv1d(config.patch_size, widths[0], kernel_size=7, padding=3))
+        layer_idx, stages = 0, []
+        for in_width, out_width, stride, depth in zip(
+            [widths[0]] + widths[:-1], widths, config.strides, config.transformer_depths
+        ):
+            stages.append(StableCodecEncoderStage(config, in_width, out_width, stride, depth, layer_idx))
+            layer_idx += depth
+        self.stages = nn.ModuleList(stages)
+        self.output_conv = weight_normed(nn.Conv1d(widths[-1], config.latent_dim, kernel_size=3, padding=1))
+        # Frames of each stage that one latent frame spans (the patch level first).
+        self.frames_per_latent = [math.prod(config.strides[index:]) for index in range(len(config.strides) + 1)]
+
+    def forward(self, input_values: torch.Tensor, frames_valid: torch.Tensor | None = None) -> torch.Tensor:
+        batch_size, _, num_samples = input_values.shape
+        # Patching: channel h of patch l is sample l * patch_size + h.
+        patches = input_values.view(batch_size, num_samples // self.patch_size, self.patch_size).transpose(1, 2)
+        num_latent_frames = patches.shape[-1] // self.frames_per_latent[0]
+        lengths = [num_latent_frames * factor for factor in self.frames_per_latent]
+        masks = frame_masks(frames_valid, lengths, self.frames_per_latent)
+        hidden_states = self.input_conv(mask_padding(patches, masks[0]))
+        for stage, stage_mask, previous_mask in zip(self.stages, masks[1:], masks[:-1]):
+            hidden_states = stage(mask_padding(hidden_states, previous_mask), stage_mask)
+        return self.output_conv(mask_padding(hidden_states, masks[-1]))
+
+
+class StableCodecDecoder(nn.Module):
+    """Latents `(batch, latent_dim, frames)` to waveform `(batch, 1, frames * hop_length)`."""
+
+    def __init__(self, config: StableCodecConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        widths = config.stage_widths
+        self.input_conv = weight_normed(nn.Conv1d(config.latent_dim, widths[-1], kernel_size=3, padding=1))
+        layer_idx, stages = sum(config.transformer_depths), []
+        in_widths, out_widths = widths[::-1], ([widths[0]] + widths[:-1])[::-1]
+        for in_width, out_width, stride, depth in zip(
+            in_widths, out_widths, config.strides[::-1], config.transformer_depths[::-1]
+        ):
+            stages.append(StableCodecDecoderStage(config, in_width, out_width, stride, depth, layer_idx))
+            layer_idx += depth
+        self.stages = nn.ModuleList(stages)
+        self.output_conv = weight_normed(nn.Conv1d(widths[0], config.patch_size, kernel_size=7, padding=3, bias=False))
+        self.frames_per_latent = [math.prod(config.strides[index:]) for index in range(len(config.strides) + 1)][::-1]
+
+    def forward(self, latents: torch.Tensor, frames_valid: torch.Tensor | None = None) -> torch.Tensor:
+        lengths = [latents.shape[-1] * factor for factor in self.frames_per_latent]
+        masks = frame_masks(frames_valid, lengths, self.frames_per_latent)
+        hidden_states = self.input_conv(mask_padding(latents, masks[0]))
+        for stage, stage_mask in zip(self.stages, masks[:-1]):
+            hidden_states = stage(hidden_states, stage_mask)
+        patches = mask_padding(self.output_conv(mask_padding(hidden_states, masks[-1])), masks[-1])
+        # Unpatching: (batch, patch_size, patches) -> (batch, 1, patches * patch_size).
+        return patches.transpose(1, 2).reshape(latents.shape[0], 1, -1)
+
+
+class StableCodecFSQ(nn.Module):
+    """Finite scalar quantization of values in [-scale, scale] onto `levels[d]` evenly spaced points per channel.
+
+    Indices are mixed-radix numbers over the channels (channel 0 least significant), computed in float64 with
+    rounding, as stable-codec 0.1.2 does (stable-audio-tools 0.0.17 truncates, which can be off by one).
+    """
+
+    def __init__(self, levels: Sequence[int], scale: float = 1.0):
+        super().__init__()
+        self.levels_list = [int(level) for level in levels]
+        self.scale = float(scale)
+        self.codebook_size = math.prod(self.levels_list)
+        self.register_buffer("levels", torch.zeros(len(levels), dtype=torch.int64), persistent=False)
+        self.register_buffer("basis", torch.zeros(len(levels), dtype=torch.int64), persistent=False)
+        self.register_buffer("step", torch.zeros(len(levels), dtype=torch.float64), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self):
+        levels = torch.tensor(self.levels_list, dtype=torch.int64, device=self.levels.device)
+        basis = torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), dim=0)
+        self.levels.copy_(levels)
+        self.basis.copy_(basis)
+        self.step.copy_(2.0 * self.scale / (levels.double() - 1.0))
+
+    def quantize(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`values` (..., channels) in float64, already squashed. Returns (quantized float64 values, indices)."""
+        level_indices = torch.round((values + self.scale) / self.step)
+        quantized = values + (level_indices * self.step - self.scale - values).detach()  # straight-through
+        indices = (level_indices.long() * self.basis).sum(dim=-1)
+        return quantized, indices
+
+    def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
+        """Indices (...) to float64 values (..., channels)."""
+        level_indices = (indices[..., None] // self.basis) % self.levels
+        return level_indices.double() * self.step - self.scale
+
+
+class StableCodecDitheredFSQ(nn.Module):
+    """The training-time bottleneck: tanh, then FSQ. In training mode, per clip, the rounding is skipped with
+    probability `noise_dropout` and, independently, uniform dither noise of one quantization step replaces it with
+    probability `1 - noise_dropout`, as in the original's DitheredFSQ."""
+
+    def __init__(self, config: StableCodecConfig):
+        super().__init__()
+        self.noise_dropout = config.fsq_noise_dropout
+        self.fsq = StableCodecFSQ(config.fsq_levels)
+
+    def forward(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (batch, channels, frames) to quantized latents (same shape and dtype) and codes (batch, 1, frames)."""
+        squashed = torch.tanh(latents.transpose(1, 2).double())
+        quantized, indices = self.fsq.quantize(squashed)
+        if self.training:
+            keep_shape = (squashed.shape[0], 1, 1)
+            skip_rounding = torch.rand(keep_shape, device=latents.device) < self.noise_dropout
+            quantized = torch.where(skip_rounding, squashed, quantized)
+            skip_dither = torch.rand(keep_shape, device=latents.device) < self.noise_dropout
+            dithered = squashed + (torch.rand_like(squashed) - 0.5) * self.fsq.step
+            quantized = torch.where(skip_dither, quantized, dithered)
+        return quantized.transpose(1, 2).to(latents.dtype), indices[:, None, :]
+
+    def decode(self, audio_codes: torch.Tensor) -> torch.Tensor:
+        """Codes (batch, 1, frames) to float64 latents (batch, channels, frames)."""
+        return self.fsq.dequantize(audio_codes[:, 0]).transpose(1, 2)
+
+
+class StableCodecResidualFSQ(nn.Module):
+    """The post-hoc bottleneck of the paper: tanh, then stages of FSQ, each quantizing the residual left by the
+    previous ones (stage scales shrink so that each refines the last). No parameters: any stages fit any model."""
+
+    def __init__(self, stages: Sequence[tuple[Sequence[int], float]]):
+        super().__init__()
+        self.stages = nn.ModuleList(StableCodecFSQ(levels, scale) for levels, scale in stages)
+
+    def forward(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (batch, channels, frames) to quantized latents and codes (batch, num_stages, frames)."""
+        residual = torch.tanh(latents.transpose(1, 2).double())
+        quantized_sum, codes = torch.zeros_like(residual), []
+        for stage in self.stages:
+            quantized, indices = stage.quantize(residual)
+            residual = residual - quantized
+            quantized_sum = quantized_sum + quantized
+            codes.append(indices)
+        return quantized_sum.transpose(1, 2).to(latents.dtype), torch.stack(codes, dim=1)
+
+    def decode(self, audio_codes: torch.Tensor) -> torch.Tensor:
+        """Codes (batch, num_stages, frames) to float64 latents (batch, channels, frames)."""
+        latents = sum(stage.dequantize(audio_codes[:, index]) for index, stage in enumerate(self.stages))
+        return latents.transpose(1, 2)
+
+
+def resolve_posthoc_stages(posthoc_bottleneck: PosthocBottleneck, latent_dim: int) -> list[tuple[list[int], float]]:
+    """A preset name or explicit `(levels, scale)` stages, validated against the latent width."""
+    if isinstance(posthoc_bottleneck, str):
+        if posthoc_bottleneck not in POSTHOC_BOTTLENECK_PRESETS:
+            raise ValueError(
+                f"Unknown post-hoc bottleneck preset {posthoc_bottleneck!r}; the presets are "
+                f"{sorted(POSTHOC_BOTTLENECK_PRESETS)}, or pass a list of (levels, scale) stages."
+            )
+        return POSTHOC_BOTTLENECK_PRESETS[posthoc_bottleneck]
+    stages = []
+    try:
+        for levels, scale in posthoc_bottleneck:
+            stages.append(([int(level) for level in levels], float(scale)))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"A post-hoc bottleneck is a preset name or a list of (levels, scale) stages, got {posthoc_bottleneck!r}."
+        ) from None
+    if not stages:
+        raise ValueError("A post-hoc bottleneck needs at least one (levels, scale) stage.")
+    for levels, scale in stages:
+        if len(levels) != latent_dim or any(level < 2 for level in levels) or not scale > 0:
+            raise ValueError(
+                f"Each post-hoc stage needs {latent_dim} levels of at least 2 and a positive scale, got "
+                f"({levels}, {scale})."
+            )
+    return stages
+
+
+class StableCodecPreTrainedModel(PreTrainedAudioTokenizerBase):
+    config: StableCodecConfig
+    base_model_prefix = "stable_codec"
+    main_input_name = "input_values"
+    input_modalities = ("audio",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["StableCodecTransformerLayer"]
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            if module.weight is not None:
+                init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, StableCodecLayerScale):
+            init.constant_(module.scale, module.init_value)
+        elif isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and parametrize.is_parametrized(module, "weight"):
+            direction = module.parametrizations.weight.original1
+            fan_in = direction[0].numel() if isinstance(module, nn.Conv1d) else direction.shape[0] * direction.shape[2]
+            init.normal_(direction, mean=0.0, std=fan_in**-0.5)
+            # Magnitude equal to the norm of the direction: the effective weight starts as the direction itself.
+            init.copy_(module.parametrizations.weight.original0, torch.linalg.vector_norm(direction, dim=(1, 2), keepdim=True))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, StableCodecRotaryEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq(module.inv_freq.device))
+        elif isinstance(module, StableCodecFSQ):
+            module.reset_buffers()
+
+
+class StableCodecModel(StableCodecPreTrainedModel):
+    """Stable Codec: a transformer audio autoencoder with a finite-scalar-quantized latent, for speech at 16 kHz.
+
+    `encode` turns a waveform into tokens, `decode` turns tokens back into a waveform, `forward` does both.
+    `posthoc_bottleneck=None` uses the training-time FSQ (one token per frame, `config.codebook_size` values);
+    a preset name (`1x46656_400bps`, `2x15625_700bps`, `4x729_1000bps`) or a list of `(levels, scale)` stages uses
+    the post-hoc residual FSQ of the paper (one token per stage and frame).
+    """
+
+    def __init__(self, config: StableCodecConfig):
+        super().__init__(config)
+        self.encoder = StableCodecEncoder(config)
+        self.quantizer = StableCodecDitheredFSQ(config)
+        self.decoder = StableCodecDecoder(config)
+        self._posthoc_quantizers = {}
+        self.post_init()
+
+    # What a user reads off the model --------------------------------------------------------------------------
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.config.sampling_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def frame_rate(self) -> float:
+        return self.config.frame_rate
+
+    def codebook_sizes(self, posthoc_bottleneck: PosthocBottleneck = None) -> list[int]:
+        """Distinct values of each token of a frame, for the given bottleneck."""
+        return [stage.codebook_size for stage in self._bottleneck_stages(posthoc_bottleneck)]
+
+    def tokens_per_step(self, posthoc_bottleneck: PosthocBottleneck = None) -> int:
+        """Tokens per latent frame for the given bottleneck."""
+        return len(self.codebook_sizes(posthoc_bottleneck))
+
+    def bits_per_second(self, posthoc_bottleneck: PosthocBottleneck = None) -> float:
+        """Bitrate of the tokens: frame rate times the bits of all tokens of a frame."""
+        return self.frame_rate * sum(math.log2(size) for size in self.codebook_sizes(posthoc_bottleneck))
+
+    # Bottlenecks ----------------------------------------------------------------------------------------------
+
+    def _bottleneck(self, posthoc_bottleneck: PosthocBottleneck) -> nn.Module:
+        if posthoc_bottleneck is None:
+            return self.quantizer
+        stages = resolve_posthoc_stages(posthoc_bottleneck, self.config.latent_dim)
+        key = repr(stages)
+        quantizer = self._posthoc_quantizers.get(key)
+        if quantizer is None or quantizer.stages[0].basis.device != self.quantizer.fsq.basis.device:
+            # Built on demand and not registered as a submodule: it has no weights and must not enter checkpoints.
+            quantizer = StableCodecResidualFSQ(stages).to(self.quantizer.fsq.basis.device)
+            self._posthoc_quantizers[key] = quantizer
+        return quantizer
+
+    def _bottleneck_stages(self, posthoc_bottleneck: PosthocBottleneck) -> list[StableCodecFSQ]:
+        bottleneck = self._bottleneck(posthoc_bottleneck)
+        return [bottleneck.fsq] if bottleneck is self.quantizer else list(bottleneck.stages)
+
+    # Input checks -----------------------------------------------------------------------------------------------
+
+    def _check_audio(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Validates the waveform and returns the padding mask as (batch, samples) booleans, or None."""
+        if not isinstance(input_values, torch.Tensor) or not input_values.is_floating_point():
+            raise ValueError(
+                "`input_values` must be a floating-point tensor of shape (batch_size, 1, num_samples); got "
+                f"{type(input_values).__name__}{'' if not isinstance(input_values, torch.Tensor) else ' of ' + str(input_values.dtype)}."
+                " Use StableCodecFeatureExtractor to prepare raw audio."
+            )
+        if input_values.dim() != 3 or input_values.shape[1] != 1:
+            raise ValueError(
+                f"`input_values` must have shape (batch_size, 1, num_samples) (mono audio), got {tuple(input_values.shape)}."
+            )
+        if input_values.shape[0] == 0 or input_values.shape[-1] == 0:
+            raise ValueError(f"`input_values` is empty: shape {tuple(input_values.shape)}.")
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(input_values).all()):
+            raise ValueError("`input_values` contains NaN or infinite samples.")
+        if padding_mask is None:
+            return None
+        if padding_mask.dim() == 3:
+            padding_mask = padding_mask[:, 0]
+        if padding_mask.shape != (input_values.shape[0], input_values.shape[-1]):
+            raise ValueError(
+                f"`padding_mask` must have shape (batch_size, num_samples) = "
+                f"{(input_values.shape[0], input_values.shape[-1])}, got {tuple(padding_mask.shape)}."
+            )
+        return padding_mask.bool()
+
+    def _check_codes(self, audio_codes: torch.Tensor, posthoc_bottleneck: PosthocBottleneck) -> None:
+        sizes = self.codebook_sizes(posthoc_bottleneck)
+        name = "the training-time FSQ" if posthoc_bottleneck is None else f"post-hoc bottleneck {posthoc_bottleneck!r}"
+        if not isinstance(audio_codes, torch.Tensor) or audio_codes.is_floating_point() or audio_codes.is_complex():
+            raise ValueError("`audio_codes` must be an integer tensor of shape (batch_size, tokens_per_step, frames).")
+        if audio_codes.dim() != 3 or audio_codes.shape[1] != len(sizes):
+            raise ValueError(
+                f"`audio_codes` must have shape (batch_size, {len(sizes)}, frames) for {name}, got "
+                f"{tuple(audio_codes.shape)}. Decode with the bottleneck the codes were encoded with."
+            )
+        if audio_codes.shape[0] == 0 or audio_codes.shape[-1] == 0:
+            raise ValueError(f"`audio_codes` is empty: shape {tuple(audio_codes.shape)}.")
+        if torch.compiler.is_compiling():
+            return
+        for index, size in enumerate(sizes):
+            low, high = int(audio_codes[:, index].min()), int(audio_codes[:, index].max())
+            if low < 0 or high >= size:
+                raise ValueError(
+                    f"`audio_codes` token {index} holds values in [{low}, {high}], outside the codebook of {name} "
+                    f"([0, {size - 1}]). Decode with the bottleneck the codes were encoded with."
+                )
+
+    # Encode, decode, forward -----------------------------------------------------------------------------------
+
+    def _encode_latents(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None):
+        """Pads to whole latent frames, runs the encoder; returns latents and the per-clip count of real frames."""
+        num_samples = input_values.shape[-1]
+        num_frames = -(-num_samples // self.hop_length)
+        frames_valid = None
+        if padding_mask is not None:
+            samples_valid = padding_mask.sum(dim=-1)
+            # A clip's last, partly filled frame counts: alone it would be padded with zeros to a whole frame.
+            frames_valid = torch.div(samples_valid + self.hop_length - 1, self.hop_length, rounding_mode="floor")
+            if torch.compiler.is_compiling() or not bool(padding_mask.all()):
+                input_values = mask_padding(input_values, padding_mask)
+            if not torch.compiler.is_compiling() and int(frames_valid.min()) == num_frames:
+                frames_valid = None  # no padding frame anywhere: skip the masking work
+        if num_frames * self.hop_length != num_samples:
+            input_values = nn.functional.pad(input_values, (0, num_frames * self.hop_length - num_samples))
+        return self.encoder(input_values, frames_valid), frames_valid
+
+    @can_return_tuple
+    def encode(
+        self,
+        input_values: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        posthoc_bottleneck: PosthocBottleneck = None,
+        return_dict: bool | None = None,
+    ) -> StableCodecEncoderOutput:
+        r"""
+        Encodes a waveform into tokens.
+
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, 1, num_samples)`):
+                Mono audio at `config.sampling_rate`, as prepared by `StableCodecFeatureExtractor` (which also
+                normalizes loudness, as the original does before encoding). Lengths that are not a multiple of
+                `hop_length` are padded with zeros.
+            padding_mask (`torch.Tensor` of shape `(batch_size, num_samples)`, *optional*):
+                1 for real samples, 0 for padding at the end of shorter clips; padding frames are kept out of
+                attention so that every clip gets the codes it would get alone.
+            posthoc_bottleneck (`str` or list of `(levels, scale)`, *optional*):
+                None for the training-time FSQ, else a preset name or explicit stages of the residual FSQ.
+        """
+        padding_mask = self._check_audio(input_values, padding_mask)
+        latents, frames_valid = self._encode_latents(input_values, padding_mask)
+        _, audio_codes = self._bottleneck(posthoc_bottleneck)(latents)
+        return StableCodecEncoderOutput(
+            audio_codes=audio_codes,
+            latents=latents,
+            audio_codes_mask=self._codes_mask(padding_mask, frames_valid, latents.shape[-1]),
+        )
+
+    def _codes_mask(self, padding_mask, frames_valid, num_frames):
+        if padding_mask is None:
+            return None
+        if frames_valid is None:
+            return torch.ones(padding_mask.shape[0], num_frames, dtype=torch.long, device=padding_mask.device)
+        return frame_masks(frames_valid, [num_frames], [1])[0].long()
+
+    @can_return_tuple
+    def decode(
+        self,
+        audio_codes: torch.Tensor,
+        posthoc_bottleneck: PosthocBottleneck = None,
+        audio_codes_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> StableCodecDecoderOutput:
+        r"""
+        Decodes tokens into a waveform.
+
+        Args:
+            audio_codes (`torch.LongTensor` of shape `(batch_size, tokens_per_step, frames)`):
+                Tokens from `encode`, made with the same `posthoc_bottleneck`.
+            posthoc_bottleneck (`str` or list of `(levels, scale)`, *optional*):
+                The bottleneck the codes were made with (None: the training-time FSQ).
+            audio_codes_mask (`torch.Tensor` of shape `(batch_size, frames)`, *optional*):
+                1 for frames of audio, 0 for padding frames (from `encode`); padding frames are kept out of
+                attention and their samples are zeroed.
+        """
+        self._check_codes(audio_codes, posthoc_bottleneck)
+        latents = self._bottleneck(posthoc_bottleneck).decode(audio_codes)
+        return StableCodecDecoderOutput(audio_values=self._decode_latents(latents, audio_codes_mask))
+
+    def _decode_latents(self, quantized_latents: torch.Tensor, audio_codes_mask: torch.Tensor | None) -> torch.Tensor:
+        frames_valid = None
+        if audio_codes_mask is not None:
+            if audio_codes_mask.shape != (quantized_latents.shape[0], quantized_latents.shape[-1]):
+                raise ValueError(
+                    f"`audio_codes_mask` must have shape (batch_size, frames) = "
+                    f"{(quantized_latents.shape[0], quantized_latents.shape[-1])}, got {tuple(audio_codes_mask.shape)}."
+                )
+            frames_valid = audio_codes_mask.long().sum(dim=-1)
+            if not torch.compiler.is_compiling() and int(frames_valid.min()) == quantized_latents.shape[-1]:
+                frames_valid = None
+        return self.decoder(quantized_latents.to(self.dtype), frames_valid)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        posthoc_bottleneck: PosthocBottleneck = None,
+        return_dict: bool | None = None,
+    ) -> StableCodecOutput:
+        r"""
+        Encodes and decodes a waveform. In training mode the training-time FSQ dithers (see
+        `StableCodecDitheredFSQ`) and gradients flow straight through the rounding.
+
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, 1, num_samples)`):
+                Mono audio at `config.sampling_rate`.
+            padding_mask (`torch.Tensor` of shape `(batch_size, num_samples)`, *optional*):
+                1 for real samples, 0 for padding.
+            posthoc_bottleneck (`str` or list of `(levels, scale)`, *optional*):
+                None for the training-time FSQ, else a preset name or explicit residual FSQ stages.
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from transformers_stable_codec import StableCodecConfig, StableCodecModel
+
+        >>> model = StableCodecModel(StableCodecConfig(transformer_depths=[1, 1])).eval()
+        >>> audio = torch.randn(1, 1, 16000) * 0.1
+        >>> out = model(audio, posthoc_bottleneck="2x15625_700bps")
+        >>> out.audio_codes.shape, out.audio_values.shape
+        (torch.Size([1, 2, 25]), torch.Size([1, 1, 16000]))
+        ```
+        """
+        padding_mask = self._check_audio(input_values, padding_mask)
+        latents, frames_valid = self._encode_latents(input_values, padding_mask)
+        quantized_latents, audio_codes = self._bottleneck(posthoc_bottleneck)(latents)
+        audio_values = self.decoder(quantized_latents, frames_valid)[..., : input_values.shape[-1]]
+        return StableCodecOutput(
+            audio_values=audio_values,
+            audio_codes=audio_codes,
+            latents=latents,
+            quantized_latents=quantized_latents,
+            audio_codes_mask=self._codes_mask(padding_mask, frames_valid, latents.shape[-1]),
+        )
+
+
+__all__ = [
+    "StableCodecDecoderOutput",
+    "StableCodecEncoderOutput",
+    "StableCodecModel",
+    "StableCodecOutput",
+    "StableCodecPreTrainedModel",
+]

@@ -1,0 +1,52 @@
+import pathlib
+
+import pytest
+import torch
+
+import transformers_stable_codec  # noqa: F401  (registers the Auto classes)
+from transformers_stable_codec import StableCodecConfig, StableCodecModel
+
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+def tiny_config(**overrides) -> StableCodecConfig:
+    """Two stages (50 Hz then 25 Hz), short windows: small enough for a 2-core CPU, rich enough to break."""
+    kwargs = dict(
+        hidden_size=128,
+        channel_multipliers=[1, 2],
+        strides=[1, 2],
+        transformer_depths=[1, 2],
+        sliding_window=[3, 4],
+    )
+    kwargs.update(overrides)
+    return StableCodecConfig(**kwargs)
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random values for every parameter, so that LayerScale and zero biases cannot hide mistakes."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("scale"):
+                parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.4 + 0.2)
+            elif name.endswith("norm.weight"):
+                parameter.copy_(1 + 0.2 * torch.randn(parameter.shape, generator=generator))
+            elif name.endswith("original0"):  # weight-norm magnitude
+                parameter.copy_(parameter.abs() * (0.8 + 0.4 * torch.rand(parameter.shape, generator=generator)))
+            elif parameter.dim() == 1:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> StableCodecModel:
+    torch.manual_seed(0)
+    return randomize_(StableCodecModel(tiny_config())).eval()
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected.double()).norm() / expected.double().norm())
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
