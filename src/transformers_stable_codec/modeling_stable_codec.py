@@ -219,6 +219,10 @@ class StableCodecAttention(nn.Module):
         key = apply_partial_rotary_pos_emb(key, cos, sin)
 
         implementation = self.config._attn_implementation
+        if implementation == "flex_attention" and query.device.type == "cpu":
+            # torch's inductor emits C++ that fails to compile for CPU flex attention once lengths vary (every
+            # stage and clip has its own) or in reduced precision; sdpa computes the same window on CPU.
+            raise ValueError("flex_attention runs on CUDA devices only; use attn_implementation='sdpa' on CPU.")
         if implementation.startswith("flash_attention"):
             attn_output = windowed_flash_attention_forward(self, query, key, value, frame_is_valid, self.scaling)
         else:

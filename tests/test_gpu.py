@@ -1,0 +1,86 @@
+"""CUDA-only behaviour: backends on the GPU, block-sparse flex masks, padded batches, compile, bf16 training steps.
+Skipped cleanly without a GPU (CI); run on the device with `python -m pytest tests -m gpu`."""
+
+import math
+
+import pytest
+import torch
+
+from transformers_stable_codec import StableCodecModel
+
+from .conftest import randomize_, relative_error, requires_cuda, tiny_config
+from .test_modeling import speechlike
+
+
+pytestmark = [requires_cuda, pytest.mark.gpu]
+BACKENDS = ["eager", "sdpa", "flex_attention"]
+
+
+def gpu_model(implementation: str, dtype=torch.float32, **overrides) -> StableCodecModel:
+    torch.manual_seed(0)
+    model = randomize_(StableCodecModel(tiny_config(**overrides))).eval()
+    model.set_attn_implementation(implementation)
+    return model.to("cuda", dtype)
+
+
+@pytest.mark.parametrize("implementation", BACKENDS)
+def test_padded_batch_equals_clips_alone_on_gpu(implementation, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    model = gpu_model(implementation)
+    lengths = [32000, 17000, 9000]
+    clips = [speechlike(1, length / 16000, seed=index)[..., :length].cuda() for index, length in enumerate(lengths)]
+    batch = torch.zeros(3, 1, max(lengths), device="cuda")
+    padding_mask = torch.zeros(3, max(lengths), dtype=torch.long, device="cuda")
+    for index, clip in enumerate(clips):
+        batch[index, :, : clip.shape[-1]] = clip
+        padding_mask[index, : clip.shape[-1]] = 1
+    with torch.no_grad():
+        batched = model.encode(batch, padding_mask=padding_mask)
+        for index, clip in enumerate(clips):
+            alone = model.encode(clip)
+            frames = alone.latents.shape[-1]
+            assert relative_error(batched.latents[index, :, :frames], alone.latents[0]) < 1e-4
+
+
+def test_flex_mask_is_block_sparse_so_memory_is_linear_in_length():
+    from transformers.masking_utils import create_bidirectional_mask
+
+    from transformers_stable_codec.modeling_stable_codec import sliding_window_mask_function
+
+    model = gpu_model("flex_attention", sliding_window=[63, 64])
+    for frames in (4096, 16384):
+        hidden = torch.zeros(1, frames, 8, device="cuda")
+        block_mask = create_bidirectional_mask(
+            config=model.config,
+            inputs_embeds=hidden,
+            attention_mask=None,
+            and_mask_function=sliding_window_mask_function(63, 64, None),
+        )
+        # A 128-frame query block meets at most 3 key blocks of 128 under a 128-frame window: O(n) work and memory.
+        assert int(block_mask.kv_num_blocks.max()) <= 3
+        assert block_mask.kv_num_blocks.shape[-1] == frames // 128
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "flex_attention"])
+def test_compiled_encode_decode_on_gpu_without_graph_breaks(implementation):
+    model = gpu_model(implementation, dtype=torch.bfloat16)
+    audio = speechlike(2, 2.0).cuda().bfloat16()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = model.decode(model.encode(audio).audio_codes).audio_values
+        codes = torch.compile(model.encode, fullgraph=True)(audio).audio_codes
+        compiled = torch.compile(model.decode, fullgraph=True)(codes).audio_values
+    assert relative_error(compiled.float(), eager.float()) < 5e-2
+
+
+@pytest.mark.parametrize("implementation", BACKENDS)
+def test_bf16_training_step_with_gradient_checkpointing(implementation):
+    model = gpu_model(implementation, dtype=torch.bfloat16).train()
+    model.gradient_checkpointing_enable()
+    audio = speechlike(2, 1.0).cuda().bfloat16()
+    output = model(audio)
+    loss = (output.audio_values.float() - audio.float()).abs().mean()
+    loss.backward()
+    gradients = [parameter.grad for parameter in model.parameters() if parameter.requires_grad]
+    assert all(gradient is not None and torch.isfinite(gradient).all() for gradient in gradients)
+    assert math.isfinite(float(loss))
