@@ -129,7 +129,7 @@ def check_bf16_parity(model, reference):
     assert relative_error(encoded.latents.float().cpu(), reference["latents"]) < 0.1
     assert relative_error(decoded.float().cpu(), reference["audio_from_codes"]) < 2e-2
     distance = levels_apart(encoded.audio_codes.cpu(), reference["codes"].transpose(1, 2))
-    assert distance.max() <= 1 and float((distance == 0).double().mean()) > 0.7
+    assert float((distance == 0).double().mean()) > 0.7 and float((distance <= 1).double().mean()) > 0.99
 
 
 @requires_cuda
