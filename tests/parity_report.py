@@ -26,12 +26,13 @@ def backends(device: str) -> list[str]:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--output", default="parity.json")
+    parser.add_argument("--backends", nargs="*", help="only these attention implementations")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.allow_tf32 = False  # exact fp32 convolutions
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
-        for backend in backends(device):
+        for backend in args.backends or backends(device):
             if backend.startswith("flash") and dtype == torch.float32:
                 continue  # refused with a clear error: flash kernels have no fp32
             for name in CONFIG_NAMES:
