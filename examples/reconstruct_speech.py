@@ -34,9 +34,11 @@ def load_model(location: str) -> StableCodecModel:
 def synthesize_speech(path: pathlib.Path) -> None:
     text = "Stable Codec turns speech into a few hundred bits per second and back."
     try:
-        subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+        speech = subprocess.run(["espeak-ng", "--stdout", text], check=True, capture_output=True).stdout
+        # espeak-ng speaks at 22.05 kHz; sox resamples to the model's rate.
+        subprocess.run(["sox", "-t", "wav", "-", "-r", "16000", str(path)], input=speech, check=True, capture_output=True)
     except FileNotFoundError:
-        sys.exit("No input file given and espeak-ng is not installed: pass a 16 kHz mono WAV file.")
+        sys.exit("No input file given and espeak-ng or sox is not installed: pass a 16 kHz mono WAV file.")
 
 
 def main() -> None:
