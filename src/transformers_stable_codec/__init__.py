@@ -1,11 +1,13 @@
 """Stable Codec (Stability AI's Transformer Audio AutoEncoder) as a Hugging Face `transformers` model.
 
-Importing the package registers `stable_codec` with `AutoConfig` and `AutoModel`.
+Importing the package registers `stable_codec` with `AutoConfig` and `AutoModel`, which then also load checkpoints in
+the original layout (`model_config.json` + `model.safetensors` / `model.ckpt`), converting them on the fly.
 """
 
 from transformers import AutoConfig, AutoModel
 
 from .configuration_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecConfig
+from .original_checkpoint import OriginalCheckpointError, register_original_layout_with_auto_classes
 from .modeling_stable_codec import (
     StableCodecDecoderOutput,
     StableCodecEncoderOutput,
@@ -19,8 +21,10 @@ __version__ = "0.1.0"
 
 AutoConfig.register(StableCodecConfig.model_type, StableCodecConfig, exist_ok=True)
 AutoModel.register(StableCodecConfig, StableCodecModel, exist_ok=True)
+register_original_layout_with_auto_classes()
 
 __all__ = [
+    "OriginalCheckpointError",
     "POSTHOC_BOTTLENECK_PRESETS",
     "StableCodecConfig",
     "StableCodecDecoderOutput",

@@ -120,6 +120,18 @@ class StableCodecConfig(PreTrainedConfig):
         if self.norm_eps <= 0 or self.qk_norm_eps <= 0:
             fail("layer norm epsilons must be positive.")
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Also reads the original layout's `model_config.json` (see `original_checkpoint`)."""
+        from .original_checkpoint import config_from_original, find_original_layout, read_original_config
+
+        hub_kwargs = {key: kwargs.get(key) for key in ("subfolder", "cache_dir", "revision", "token", "local_files_only")}
+        layout = find_original_layout(pretrained_model_name_or_path, **hub_kwargs)
+        if layout is None:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        config = config_from_original(read_original_config(layout[0]))
+        return (config, {}) if kwargs.get("return_unused_kwargs") else config
+
     @property
     def stage_widths(self) -> list[int]:
         """Width of each encoder stage (the decoder visits them in reverse)."""

@@ -606,6 +606,20 @@ class StableCodecModel(StableCodecPreTrainedModel):
         self._posthoc_quantizers = {}
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        r"""
+        Loads a folder or Hub repo saved with `save_pretrained`, or one in the original layout (`model_config.json`
+        + `model.safetensors` / `model.ckpt`, as Stability AI publishes `stabilityai/stable-codec-speech-16k`),
+        which is converted on the fly.
+        """
+        from .original_checkpoint import model_from_original_layout
+
+        model = model_from_original_layout(pretrained_model_name_or_path, **kwargs)
+        if model is not None:
+            return model
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
     # What a user reads off the model --------------------------------------------------------------------------
 
     @property

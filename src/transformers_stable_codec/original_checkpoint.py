@@ -5,10 +5,13 @@ Only what the released Stable Codec checkpoints and the paper use is accepted; a
 raises an error naming it, rather than converting into a model that computes something else.
 """
 
+import json
 import math
+import os
 import re
 
 import torch
+from tqdm.auto import tqdm
 
 from .configuration_stable_codec import StableCodecConfig
 
@@ -171,12 +174,16 @@ def _is_constant_buffer(key: str) -> bool:
 
 
 def convert_original_state_dict(
-    original_state_dict: dict[str, torch.Tensor], config: StableCodecConfig, expected_keys: set[str]
+    original_state_dict: dict[str, torch.Tensor],
+    config: StableCodecConfig,
+    expected_keys: set[str],
+    progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Maps every original weight onto our names. Raises `OriginalCheckpointError` listing the missing and
     unexpected keys if the checkpoint and the config do not describe the same model."""
     converted, unexpected = {}, []
-    for key, tensor in original_state_dict.items():
+    items = tqdm(original_state_dict.items(), desc="Converting weights", unit="tensor", disable=not progress)
+    for key, tensor in items:
         if _is_constant_buffer(key):
             if key.endswith("beta"):
                 _require(not torch.any(tensor), f"{key} is a non-zero layer norm bias, which Stable Codec does not have.")
@@ -213,21 +220,166 @@ def load_original_weights(path: str) -> dict[str, torch.Tensor]:
     return checkpoint["state_dict"]
 
 
-def model_from_original(model_config_path, checkpoint_path, **config_overrides):
-    """Builds a `StableCodecModel` from an original `model_config.json` and its weights (in eval mode)."""
-    import json
+def read_original_config(model_config_path) -> dict:
+    try:
+        with open(model_config_path) as handle:
+            return json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise OriginalCheckpointError(f"could not read the original config {model_config_path}: {error}") from error
+
+
+def model_from_original(model_config_path, checkpoint_path, progress: bool = False, config=None):
+    """Builds a `StableCodecModel` (float32, eval mode) from an original `model_config.json` and its weights
+    (with `config`, if given, in place of the translated one: it must describe the same weights)."""
+    from .modeling_stable_codec import StableCodecModel
+
+    config = config or config_from_original(read_original_config(model_config_path))
+    model = StableCodecModel(config)
+    expected = model.state_dict()
+    state_dict = convert_original_state_dict(load_original_weights(checkpoint_path), config, set(expected), progress)
+    mismatched = [
+        f"{key}: checkpoint {tuple(tensor.shape)} vs config {tuple(expected[key].shape)}"
+        for key, tensor in state_dict.items()
+        if tensor.shape != expected[key].shape
+    ]
+    _require(not mismatched, f"the checkpoint's weights do not fit its config: {mismatched[:10]}")
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+ORIGINAL_WEIGHT_FILES = ("model.safetensors", "model.ckpt")  # the order the original's own loader tries them
+
+
+def find_original_layout(location, subfolder: str = "", **hub_kwargs) -> tuple[str, str] | None:
+    """`(model_config.json, weights)` paths if `location` (a folder or a Hub repo id) holds a checkpoint in the
+    original layout and none in ours (`config.json`); None otherwise."""
+    location, subfolder = str(location), subfolder or ""
+    if os.path.isdir(location):
+        folder = os.path.join(location, subfolder)
+        if os.path.isfile(os.path.join(folder, "config.json")) or not os.path.isfile(os.path.join(folder, "model_config.json")):
+            return None
+        for name in ORIGINAL_WEIGHT_FILES:
+            if os.path.isfile(os.path.join(folder, name)):
+                return os.path.join(folder, "model_config.json"), os.path.join(folder, name)
+        raise OriginalCheckpointError(
+            f"{folder} has an original model_config.json but neither {' nor '.join(ORIGINAL_WEIGHT_FILES)}."
+        )
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(location)
+    except HFValidationError:
+        return None  # neither a folder nor a repo id: let the caller report it
+
+    hub_kwargs = {key: value for key, value in hub_kwargs.items() if key in _HUB_DOWNLOAD_KWARGS and value is not None}
+    if subfolder:
+        hub_kwargs["subfolder"] = subfolder
+
+    def download(filename):
+        try:
+            return hf_hub_download(location, filename, **hub_kwargs)
+        except Exception:  # not in the repo, not cached offline, or no such repo: all mean "not this layout"
+            return None
+
+    if download("config.json") is not None:
+        return None
+    model_config = download("model_config.json")
+    if model_config is None:
+        return None
+    for name in ORIGINAL_WEIGHT_FILES:
+        weights = download(name)
+        if weights is not None:
+            return model_config, weights
+    raise OriginalCheckpointError(
+        f"{location} has an original model_config.json but neither {' nor '.join(ORIGINAL_WEIGHT_FILES)} could be "
+        "found (offline without them in the cache?)."
+    )
+
+
+_HUB_DOWNLOAD_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "proxies")
+
+
+_ON_THE_FLY_KWARGS = {
+    "attn_implementation", "config", "dtype", "torch_dtype", "device_map", "subfolder", "trust_remote_code",
+    *_HUB_DOWNLOAD_KWARGS,
+}
+
+
+def model_from_original_layout(location, **kwargs):
+    """The model of a folder or Hub repo in the original layout, converted on the fly (None for any other layout).
+    Takes the `from_pretrained` arguments that make sense for a conversion; refuses the others by name."""
+    from transformers.utils import logging
+
+    layout = find_original_layout(location, **kwargs)
+    if layout is None:
+        folder = os.path.join(str(location), kwargs.get("subfolder") or "")
+        if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "config.json")):
+            raise OriginalCheckpointError(
+                f"{folder} holds no Stable Codec checkpoint: expected config.json + model.safetensors (this package's "
+                f"format) or model_config.json + {' or '.join(ORIGINAL_WEIGHT_FILES)} (the original layout)."
+            )
+        return None
+    unsupported = sorted(
+        key for key, value in kwargs.items() if key not in _ON_THE_FLY_KWARGS and not key.startswith("_") and value is not None
+    )
+    if unsupported:
+        raise ValueError(
+            f"{unsupported} are not supported when converting an original checkpoint on the fly; convert it once "
+            "with conversion/convert_stable_codec_checkpoint.py and load the result instead."
+        )
+    logging.get_logger(__name__).info(
+        f"{location} is an original Stable Codec checkpoint ({os.path.basename(layout[1])}): converting it on the "
+        "fly. `save_pretrained` the model to load it directly next time."
+    )
+    model = model_from_original(*layout, config=kwargs.get("config"))
+    dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
+    if dtype not in (None, "auto"):
+        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    if kwargs.get("attn_implementation") is not None:
+        model.set_attn_implementation(kwargs["attn_implementation"])
+    device = kwargs.get("device_map")
+    if device is not None:
+        if not isinstance(device, (str, int, torch.device)) or device == "auto":
+            raise ValueError("on-the-fly conversion places the model on one device: pass device_map='cuda:0' or similar.")
+        model = model.to(device)
+    return model
+
+
+def register_original_layout_with_auto_classes():
+    """AutoConfig and AutoModel look for config.json; a repo in the original layout has model_config.json instead.
+    Where their own loading fails, fall back to the original layout (other models are untouched: the fallback only
+    acts after their error, and re-raises it unless the location holds an original Stable Codec checkpoint)."""
+    from transformers import AutoConfig, AutoModel
 
     from .modeling_stable_codec import StableCodecModel
 
-    try:
-        with open(model_config_path) as handle:
-            original_config = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        raise OriginalCheckpointError(f"could not read the original config {model_config_path}: {error}") from error
-    config = config_from_original(original_config, **config_overrides)
-    model = StableCodecModel(config)
-    state_dict = convert_original_state_dict(
-        load_original_weights(checkpoint_path), config, set(model.state_dict().keys())
-    )
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    def load_config(location, *args, **kwargs):
+        hub_kwargs = {key: kwargs.pop(key, None) for key in ("subfolder", *_HUB_DOWNLOAD_KWARGS)}
+        config = config_from_original(read_original_config(find_original_layout(location, **hub_kwargs)[0]))
+        # AutoModel asks for the kwargs the config did not consume, to pass them on to the model.
+        return (config, kwargs) if kwargs.pop("return_unused_kwargs", False) else config
+
+    def load_model(location, *args, **kwargs):
+        return StableCodecModel.from_pretrained(location, *args, **kwargs)
+
+    for auto_class, load in ((AutoConfig, load_config), (AutoModel, load_model)):
+        add_original_layout_fallback(auto_class, load)
+
+
+def add_original_layout_fallback(auto_class, load):
+    original = auto_class.from_pretrained.__func__
+    if getattr(original, "falls_back_to_original_layout", False):
+        return
+
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        try:
+            return original(cls, pretrained_model_name_or_path, *args, **kwargs)
+        except (OSError, ValueError):
+            hub_kwargs = {key: kwargs.get(key) for key in ("subfolder", *_HUB_DOWNLOAD_KWARGS)}
+            if find_original_layout(pretrained_model_name_or_path, **hub_kwargs) is None:
+                raise
+            return load(pretrained_model_name_or_path, *args, **kwargs)
+
+    from_pretrained.falls_back_to_original_layout = True
+    auto_class.from_pretrained = classmethod(from_pretrained)
