@@ -422,3 +422,45 @@ def test_flash_attention_path_computes_the_window_and_packs_padded_clips(tiny_mo
         expected_unpadded = model.encode(batch[:1]).latents
     assert relative_error(padded[:, :, :15].float(), expected[:, :, :15].float()) < 2e-2
     assert relative_error(unpadded.float(), expected_unpadded.float()) < 2e-2
+
+
+# --- local attention blocks: exact window in linear memory ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_blocked_attention_equals_the_full_band_mask_with_padding(implementation, monkeypatch):
+    from transformers_stable_codec.modeling_stable_codec import LocalAttentionBlocks
+
+    model = randomize_(StableCodecModel(tiny_config(sliding_window=[5, 9]))).eval()
+    model.set_attn_implementation(implementation)
+    transformer = model.encoder.stages[1].transformer
+    hidden = torch.randn(2, 256, 700)
+    frame_is_valid = torch.ones(2, 700, dtype=torch.bool)
+    frame_is_valid[1, 333:] = False
+    with torch.no_grad():
+        layout = transformer.attention_layout(hidden.transpose(1, 2), frame_is_valid)
+        assert layout.blocks is not None and layout.blocks.num_blocks == 6  # blocks of 128 frames
+        # Memory linear in length: the mask covers blocks x block_size x (block_size + window), not frames^2.
+        assert layout.attention_mask.numel() == 2 * 6 * 128 * (128 + 14)
+        blocked = transformer(hidden, frame_is_valid)
+        monkeypatch.setattr(LocalAttentionBlocks, "for_sequence", classmethod(lambda cls, *args: None))
+        full = transformer(hidden, frame_is_valid)
+    assert torch.isfinite(blocked).all()
+    assert relative_error(blocked[0], full[0]) < 1e-5
+    assert relative_error(blocked[1, :, :333], full[1, :, :333]) < 1e-5
+
+
+def test_blocked_attention_gradients_are_finite_and_match(monkeypatch):
+    from transformers_stable_codec.modeling_stable_codec import LocalAttentionBlocks
+
+    model = randomize_(StableCodecModel(tiny_config(sliding_window=[3, 4]))).train()
+    transformer = model.encoder.stages[1].transformer
+    hidden = torch.randn(1, 256, 300, requires_grad=True)
+    gradients = []
+    for blocked in (True, False):
+        if not blocked:
+            monkeypatch.setattr(LocalAttentionBlocks, "for_sequence", classmethod(lambda cls, *args: None))
+        hidden.grad = None
+        transformer(hidden, None).pow(2).mean().backward()
+        gradients.append(hidden.grad.clone())
+    assert torch.isfinite(gradients[0]).all() and relative_error(gradients[0], gradients[1]) < 1e-5

@@ -123,6 +123,82 @@ def sliding_window_mask_function(left: int, right: int, frame_is_valid: torch.Te
     return mask_function
 
 
+@dataclass
+class LocalAttentionBlocks:
+    """Exact sliding-window attention in memory linear in length, for the eager and sdpa backends: queries are cut
+    into blocks of `block_size` frames, and each block attends to its own slice of `block_size + left + right` keys,
+    so no (frames x frames) mask or score matrix is ever formed. Blocks become extra batch entries of the shared
+    attention interface. Flex attention (block-sparse masks) and flash attention (native windows) need none of it."""
+
+    num_frames: int
+    block_size: int
+    left: int
+    right: int
+
+    @classmethod
+    def for_sequence(cls, num_frames: int, left: int, right: int) -> "LocalAttentionBlocks | None":
+        """Blocks of about twice the window, when the sequence is long enough for them to save work."""
+        block_size = 2 * 64 * math.ceil((left + right + 1) / 64)
+        return cls(num_frames, block_size, left, right) if num_frames > block_size + left + right else None
+
+    @property
+    def num_blocks(self) -> int:
+        return -(-self.num_frames // self.block_size)
+
+    @property
+    def key_length(self) -> int:
+        return self.block_size + self.left + self.right
+
+    def split_queries(self, states: torch.Tensor) -> torch.Tensor:
+        """(batch, heads, frames, dim) -> (batch * blocks, heads, block_size, dim)."""
+        batch, heads, frames, dim = states.shape
+        states = nn.functional.pad(states, (0, 0, 0, self.num_blocks * self.block_size - frames))
+        states = states.view(batch, heads, self.num_blocks, self.block_size, dim).transpose(1, 2)
+        return states.reshape(batch * self.num_blocks, heads, self.block_size, dim)
+
+    def split_keys(self, states: torch.Tensor) -> torch.Tensor:
+        """(batch, heads, frames, dim) -> (batch * blocks, heads, key_length, dim): block b gets keys
+        b * block_size - left .. (b + 1) * block_size + right - 1 (zeros outside the sequence)."""
+        batch, heads, frames, dim = states.shape
+        padding = (0, 0, self.left, self.num_blocks * self.block_size - frames + self.right)
+        windows = nn.functional.pad(states, padding).unfold(2, self.key_length, self.block_size)
+        return windows.permute(0, 2, 1, 4, 3).reshape(batch * self.num_blocks, heads, self.key_length, dim)
+
+    def merge(self, attn_output: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """The interface's (batch * blocks, block_size, heads, dim) back to (batch, frames, heads, dim)."""
+        merged = attn_output.reshape(batch_size, self.num_blocks * self.block_size, *attn_output.shape[2:])
+        return merged[:, : self.num_frames]
+
+    def mask_function(self, frame_is_valid: torch.Tensor | None) -> Callable:
+        """The window of `sliding_window_mask_function`, in block coordinates."""
+        num_blocks, block_size, left, right, num_frames = (
+            self.num_blocks, self.block_size, self.left, self.right, self.num_frames
+        )
+
+        def mask_function(batch_idx, head_idx, q_idx, kv_idx):
+            block, clip = batch_idx % num_blocks, batch_idx // num_blocks
+            query, key = block * block_size + q_idx, block * block_size - left + kv_idx
+            allowed = (kv_idx >= q_idx) & (kv_idx <= q_idx + left + right) & (key >= 0) & (key < num_frames)
+            # Queries past the end see their own (zero) position, so that no row is empty: empty rows give NaN.
+            allowed = allowed | ((query >= num_frames) & (kv_idx == q_idx + left))
+            if frame_is_valid is None:
+                return allowed
+            key_valid = frame_is_valid[clip, key.clamp(0, num_frames - 1)]
+            query_valid = frame_is_valid[clip, query.clamp(0, num_frames - 1)]
+            return allowed & (key_valid | ~query_valid)
+
+        return mask_function
+
+
+@dataclass
+class StableCodecAttentionLayout:
+    """What every layer of a stage shares: the backend's mask, the query blocks (if any) and the valid frames."""
+
+    attention_mask: object = None
+    blocks: LocalAttentionBlocks | None = None
+    frame_is_valid: torch.Tensor | None = None
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -207,8 +283,7 @@ class StableCodecAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        attention_mask: torch.Tensor | None,
-        frame_is_valid: torch.Tensor | None,
+        layout: StableCodecAttentionLayout,
     ) -> torch.Tensor:
         batch_size, num_frames, width = hidden_states.shape
         qkv = self.qkv_proj(hidden_states).view(batch_size, num_frames, 3, self.num_heads, self.head_dim)
@@ -224,12 +299,17 @@ class StableCodecAttention(nn.Module):
             # stage and clip has its own) or in reduced precision; sdpa computes the same window on CPU.
             raise ValueError("flex_attention runs on CUDA devices only; use attn_implementation='sdpa' on CPU.")
         if implementation.startswith("flash_attention"):
-            attn_output = windowed_flash_attention_forward(self, query, key, value, frame_is_valid, self.scaling)
+            attn_output = windowed_flash_attention_forward(self, query, key, value, layout.frame_is_valid, self.scaling)
         else:
+            blocks = layout.blocks
+            if blocks is not None:
+                query, key, value = blocks.split_queries(query), blocks.split_keys(key), blocks.split_keys(value)
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
             attn_output, _ = attention_interface(
-                self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, is_causal=False
+                self, query, key, value, layout.attention_mask, scaling=self.scaling, dropout=0.0, is_causal=False
             )
+            if blocks is not None:
+                attn_output = blocks.merge(attn_output, batch_size)
         return self.o_proj(attn_output.reshape(batch_size, num_frames, width))
 
 
@@ -273,10 +353,9 @@ class StableCodecTransformerLayer(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        attention_mask: torch.Tensor | None = None,
-        frame_is_valid: torch.Tensor | None = None,
+        layout: StableCodecAttentionLayout,
     ) -> torch.Tensor:
-        attended = self.attention(self.attention_norm(hidden_states), position_embeddings, attention_mask, frame_is_valid)
+        attended = self.attention(self.attention_norm(hidden_states), position_embeddings, layout)
         hidden_states = hidden_states + self.attention_scale(attended)
         return hidden_states + self.feed_forward_scale(self.feed_forward(self.feed_forward_norm(hidden_states)))
 
@@ -297,18 +376,36 @@ class StableCodecTransformer(nn.Module):
             return hidden_states
         hidden_states = hidden_states.transpose(1, 2)
         position_embeddings = self.rotary_emb(hidden_states.shape[1])
-        attention_mask = None
-        if not self.config._attn_implementation.startswith("flash_attention"):
-            left, right = self.config.sliding_window
-            attention_mask = create_bidirectional_mask(
-                config=self.config,
-                inputs_embeds=hidden_states,
-                attention_mask=None,
-                and_mask_function=sliding_window_mask_function(left, right, frame_is_valid),
-            )
+        layout = self.attention_layout(hidden_states, frame_is_valid)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, position_embeddings, attention_mask, frame_is_valid)
+            hidden_states = layer(hidden_states, position_embeddings, layout)
         return hidden_states.transpose(1, 2)
+
+    def attention_layout(self, hidden_states: torch.Tensor, frame_is_valid: torch.Tensor | None) -> StableCodecAttentionLayout:
+        implementation = self.config._attn_implementation
+        if implementation.startswith("flash_attention"):
+            return StableCodecAttentionLayout(frame_is_valid=frame_is_valid)
+        batch_size, num_frames, _ = hidden_states.shape
+        left, right = self.config.sliding_window
+        blocks = None
+        if implementation != "flex_attention":
+            blocks = LocalAttentionBlocks.for_sequence(num_frames, left, right)
+        if blocks is None:
+            queries, keys = hidden_states, None
+            mask_function = sliding_window_mask_function(left, right, frame_is_valid)
+        else:
+            # Only shapes, dtype and device of these are read.
+            queries = hidden_states.new_empty(batch_size * blocks.num_blocks, blocks.block_size, 0)
+            keys = hidden_states.new_empty(batch_size * blocks.num_blocks, blocks.key_length, 0)
+            mask_function = blocks.mask_function(frame_is_valid)
+        attention_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=queries,
+            attention_mask=None,
+            encoder_hidden_states=keys,
+            and_mask_function=mask_function,
+        )
+        return StableCodecAttentionLayout(attention_mask, blocks, frame_is_valid)
 
 
 def mask_padding(hidden_states: torch.Tensor, frame_is_valid: torch.Tensor | None) -> torch.Tensor:
