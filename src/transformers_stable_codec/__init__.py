@@ -1,11 +1,12 @@
 """Stable Codec (Stability AI's Transformer Audio AutoEncoder) as a Hugging Face `transformers` model.
 
-Importing the package registers `stable_codec` with `AutoConfig` and `AutoModel`.
+Importing the package registers `stable_codec` with `AutoConfig`, `AutoModel` and `AutoFeatureExtractor`.
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
 from .configuration_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecConfig
+from .feature_extraction_stable_codec import StableCodecFeatureExtractor
 from .modeling_stable_codec import (
     StableCodecDecoderOutput,
     StableCodecEncoderOutput,
@@ -19,12 +20,14 @@ __version__ = "0.1.0"
 
 AutoConfig.register(StableCodecConfig.model_type, StableCodecConfig, exist_ok=True)
 AutoModel.register(StableCodecConfig, StableCodecModel, exist_ok=True)
+AutoFeatureExtractor.register(StableCodecConfig, StableCodecFeatureExtractor, exist_ok=True)
 
 __all__ = [
     "POSTHOC_BOTTLENECK_PRESETS",
     "StableCodecConfig",
     "StableCodecDecoderOutput",
     "StableCodecEncoderOutput",
+    "StableCodecFeatureExtractor",
     "StableCodecModel",
     "StableCodecOutput",
     "StableCodecPreTrainedModel",
