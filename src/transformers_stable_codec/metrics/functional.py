@@ -126,12 +126,11 @@ def stoi(prediction, reference, sampling_rate: int) -> float:
     return float(pystoi.stoi(reference, prediction, _check_rate(sampling_rate), extended=False))
 
 
-def all_metrics(prediction, reference, sampling_rate: int) -> dict[str, float]:
-    """Every metric of the table for one pair, keyed by the names of the `evaluate` modules."""
-    return {
-        "si_sdr": si_sdr(prediction, reference),
-        "mel_distance": mel_distance(prediction, reference, sampling_rate),
-        "stft_distance": stft_distance(prediction, reference),
-        "wideband_pesq": wideband_pesq(prediction, reference, sampling_rate),
-        "stoi": stoi(prediction, reference, sampling_rate),
-    }
+# Every metric of the table as `score(prediction, reference, sampling_rate)`, keyed by its `evaluate` module's name.
+SCORERS = {
+    "si_sdr": lambda prediction, reference, sampling_rate: si_sdr(prediction, reference),
+    "mel_distance": mel_distance,
+    "stft_distance": lambda prediction, reference, sampling_rate: stft_distance(prediction, reference),
+    "wideband_pesq": wideband_pesq,
+    "stoi": stoi,
+}
