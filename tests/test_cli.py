@@ -31,7 +31,10 @@ def run_cli(*arguments, expect_success: bool = True) -> subprocess.CompletedProc
     """Runs the installed console script if there is one beside this interpreter, else the same `main` via -m."""
     script = pathlib.Path(sys.executable).with_name("stable-codec")
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "transformers_stable_codec.cli"]
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPOSITORY / "src"), os.environ.get("PYTHONPATH", "")])}
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPOSITORY / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     result = subprocess.run(
         [*command, *map(str, arguments)], capture_output=True, text=True, env=environment, timeout=300
     )
@@ -70,7 +73,9 @@ def test_the_console_script_is_declared():
 
 
 def test_encode_then_decode_matches_the_model(tmp_path, speech_files, tiny_model_dir):
-    result = run_cli("encode", *speech_files, "--model", tiny_model_dir, "--bottleneck", "4x729_1000bps", "-o", tmp_path / "codes")
+    result = run_cli(
+        "encode", *speech_files, "--model", tiny_model_dir, "--bottleneck", "4x729_1000bps", "-o", tmp_path / "codes"
+    )
     assert "encode: 100%" in result.stderr and "2/2" in result.stderr  # the progress bar over files
     model = StableCodecModel.from_pretrained(tiny_model_dir).eval()
     for source in speech_files:
@@ -103,8 +108,20 @@ def test_encode_then_decode_matches_the_model(tmp_path, speech_files, tiny_model
 def test_model_options_reach_the_model(tmp_path, speech_files, tiny_model_dir):
     source = speech_files[0]
     run_cli(
-        "encode", source, "--model", tiny_model_dir, "--bottleneck", "none", "--device", "cpu", "--dtype", "bfloat16",
-        "--attn-implementation", "eager", "-o", tmp_path,
+        "encode",
+        source,
+        "--model",
+        tiny_model_dir,
+        "--bottleneck",
+        "none",
+        "--device",
+        "cpu",
+        "--dtype",
+        "bfloat16",
+        "--attn-implementation",
+        "eager",
+        "-o",
+        tmp_path,
     )
     with safe_open(tmp_path / f"{source.stem}.codes.safetensors", "pt") as handle:
         codes = handle.get_tensor("audio_codes")
@@ -119,7 +136,9 @@ def test_model_options_reach_the_model(tmp_path, speech_files, tiny_model_dir):
 def test_reconstruct_prints_bitrate_and_metrics(tmp_path, speech_files):
     source = speech_files[1]
     result = run_cli("reconstruct", source, "-o", tmp_path)  # the default model: the original-layout test model
-    model = model_from_original(FIXTURES / "parity" / "small_a" / "model_config.json", FIXTURES / "parity" / "small_a" / "model.safetensors")
+    model = model_from_original(
+        FIXTURES / "parity" / "small_a" / "model_config.json", FIXTURES / "parity" / "small_a" / "model.safetensors"
+    )
     reference = model_input(source)
     with torch.no_grad():
         codes = model.encode(reference, posthoc_bottleneck="2x15625_700bps").audio_codes
@@ -136,8 +155,16 @@ def test_reconstruct_prints_bitrate_and_metrics(tmp_path, speech_files):
 
 def test_evaluate_writes_a_table_as_csv_and_json(tmp_path, speech_files, tiny_model_dir):
     run_cli(
-        "evaluate", speech_files[0].parent, "--model", tiny_model_dir, "--bottleneck", "1x46656_400bps",
-        "--csv", tmp_path / "metrics.csv", "--json", tmp_path / "metrics.json",
+        "evaluate",
+        speech_files[0].parent,
+        "--model",
+        tiny_model_dir,
+        "--bottleneck",
+        "1x46656_400bps",
+        "--csv",
+        tmp_path / "metrics.csv",
+        "--json",
+        tmp_path / "metrics.json",
     )
     with open(tmp_path / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -158,7 +185,9 @@ def test_missing_and_unreadable_inputs_are_reported(tmp_path, speech_files):
     (tmp_path / "notes.wav").write_text("not audio")
     unreadable = run_cli("reconstruct", tmp_path / "notes.wav", "-o", tmp_path / "out", expect_success=False)
     assert "notes.wav: cannot read it as audio" in unreadable.stderr and "Traceback" not in unreadable.stderr
-    clash = run_cli("encode", speech_files[0], tmp_path / "notes.wav", "--bottleneck", "nope", "-o", tmp_path, expect_success=False)
+    clash = run_cli(
+        "encode", speech_files[0], tmp_path / "notes.wav", "--bottleneck", "nope", "-o", tmp_path, expect_success=False
+    )
     assert clash.returncode == 2 and "invalid choice: 'nope'" in clash.stderr
 
 

@@ -60,7 +60,11 @@ def test_audio_feature_decodes_and_resamples_every_file(corpus):
 def test_batched_map_gives_each_clip_its_own_codes_and_survives_save_and_load(corpus, model, tmp_path):
     feature_extractor = StableCodecFeatureExtractor(sampling_rate=model.sampling_rate, hop_length=model.hop_length)
     tokenized = corpus.map(
-        tokenize, batched=True, batch_size=2, remove_columns=["audio"], fn_kwargs=dict(model=model, feature_extractor=feature_extractor)
+        tokenize,
+        batched=True,
+        batch_size=2,
+        remove_columns=["audio"],
+        fn_kwargs=dict(model=model, feature_extractor=feature_extractor),
     )
     assert tokenized.column_names == ["text", "audio_codes", "num_samples"]
 

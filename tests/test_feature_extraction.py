@@ -200,7 +200,13 @@ def test_auto_feature_extractor_resolves_from_a_model_folder(tmp_path):
     tiny_config().save_pretrained(tmp_path)
     StableCodecFeatureExtractor(hop_length=640).save_pretrained(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text(
-        json.dumps({k: v for k, v in json.loads((tmp_path / "preprocessor_config.json").read_text()).items() if k != "feature_extractor_type"})
+        json.dumps(
+            {
+                k: v
+                for k, v in json.loads((tmp_path / "preprocessor_config.json").read_text()).items()
+                if k != "feature_extractor_type"
+            }
+        )
     )
     assert isinstance(AutoFeatureExtractor.from_pretrained(tmp_path), StableCodecFeatureExtractor)
 

@@ -58,7 +58,9 @@ def load_codec(location: str, device: str, dtype: torch.dtype, attn_implementati
     try:
         if (folder / "model_config.json").is_file():
             weights = folder / "model.safetensors"
-            model = model_from_original(folder / "model_config.json", weights if weights.is_file() else folder / "model.ckpt")
+            model = model_from_original(
+                folder / "model_config.json", weights if weights.is_file() else folder / "model.ckpt"
+            )
             model.set_attn_implementation(attn_implementation)
             model = model.to(dtype)
         else:
@@ -105,7 +107,10 @@ def collect(paths: list[str], suffixes: tuple[str, ...], kind: str) -> list[path
 
 
 def output_paths(inputs: list[pathlib.Path], output_dir: pathlib.Path, strip: str, suffix: str) -> list[pathlib.Path]:
-    outputs = [output_dir / (path.name[: -len(strip)] if strip and path.name.endswith(strip) else path.stem) for path in inputs]
+    outputs = [
+        output_dir / (path.name[: -len(strip)] if strip and path.name.endswith(strip) else path.stem)
+        for path in inputs
+    ]
     outputs = [path.with_name(path.name + suffix) for path in outputs]
     seen = {}
     for source, target in zip(inputs, outputs):
@@ -128,7 +133,11 @@ def read_audio(path: pathlib.Path) -> tuple[np.ndarray, int]:
 
 
 def write_codes(path: pathlib.Path, codes: torch.Tensor, metadata: dict) -> None:
-    save_file({"audio_codes": codes.to(torch.int64).cpu().contiguous()}, path, metadata={k: str(v) for k, v in metadata.items()})
+    save_file(
+        {"audio_codes": codes.to(torch.int64).cpu().contiguous()},
+        path,
+        metadata={k: str(v) for k, v in metadata.items()},
+    )
 
 
 def read_codes(path: pathlib.Path) -> tuple[torch.Tensor, dict]:
@@ -243,11 +252,15 @@ def command_decode(args) -> None:
                 f"model {location!r} works at {model.sampling_rate} Hz with hop {model.hop_length}."
             )
         if metadata["bottleneck"] not in BOTTLENECKS:
-            raise CliError(f"{source}: unknown bottleneck {metadata['bottleneck']!r} (known: {', '.join(BOTTLENECKS)}).")
+            raise CliError(
+                f"{source}: unknown bottleneck {metadata['bottleneck']!r} (known: {', '.join(BOTTLENECKS)})."
+            )
         num_samples = int(metadata["num_samples"])
         frames = -(-num_samples // model.hop_length)
         if codes.shape[-1] != frames:
-            raise CliError(f"{source}: {codes.shape[-1]} frames of codes for {num_samples} samples (expected {frames}).")
+            raise CliError(
+                f"{source}: {codes.shape[-1]} frames of codes for {num_samples} samples (expected {frames})."
+            )
         try:
             audio = codec.decode(codes, bottleneck_argument(metadata["bottleneck"]), num_samples)
         except ValueError as error:
@@ -317,7 +330,9 @@ def command_evaluate(args) -> None:
     width = max(len(row["file"]) for row in rows + [{"file": "mean"}])
     print(f"{'file':<{width}}  {'seconds':>8}  " + "  ".join(f"{name:>13}" for name in METRIC_NAMES))
     for row in rows + [{"file": "mean", "seconds": float(np.mean([row["seconds"] for row in rows])), **mean}]:
-        print(f"{row['file']:<{width}}  {row['seconds']:>8.2f}  " + "  ".join(f"{row[n]:>13.4f}" for n in METRIC_NAMES))
+        print(
+            f"{row['file']:<{width}}  {row['seconds']:>8.2f}  " + "  ".join(f"{row[n]:>13.4f}" for n in METRIC_NAMES)
+        )
     print(f"model {codec.location}, bottleneck {args.bottleneck}: {codec.bitrate(bottleneck):.1f} bits/s")
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
@@ -353,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add_command(name, run, help, inputs, model_default, bottleneck=True):
+    def add_command(name, run, help, inputs, model_default, output=None, bottleneck=True):
         command = commands.add_parser(name, help=help, description=help)
         command.add_argument("inputs", nargs="+", help=inputs)
         command.add_argument(
@@ -363,31 +378,52 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if bottleneck:
             command.add_argument(
-                "--bottleneck", choices=BOTTLENECKS, default="2x15625_700bps",
+                "--bottleneck",
+                choices=BOTTLENECKS,
+                default="2x15625_700bps",
                 help="post-hoc residual FSQ preset, or 'none' for the training-time FSQ (default: %(default)s)",
             )
         command.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
         command.add_argument("--dtype", choices=list(DTYPES), default="float32")
         command.add_argument("--attn-implementation", choices=ATTENTION, default="sdpa")
+        if output:
+            command.add_argument("-o", "--output-dir", required=True, help=f"folder for the {output} files")
         command.set_defaults(run=run)
         return command
 
     # No trained checkpoint is published yet: the default is the small random-weight test model of a source checkout.
     test_model = "the random-weight test model of a source checkout (its output is not speech)."
-    encode = add_command("encode", command_encode, "audio files -> codes files", "audio files or folders", test_model)
-    encode.add_argument("-o", "--output-dir", required=True, help="folder for the <name>.codes.safetensors files")
-    decode = add_command(
-        "decode", command_decode, "codes files -> 16 kHz WAV files", "codes files or folders",
-        "the model recorded in each codes file.", bottleneck=False,
+    add_command(
+        "encode",
+        command_encode,
+        "audio files -> codes files",
+        "audio files or folders",
+        test_model,
+        output="<name>.codes.safetensors",
     )
-    decode.add_argument("-o", "--output-dir", required=True, help="folder for the decoded <name>.wav files")
-    reconstruct_command = add_command(
-        "reconstruct", command_reconstruct, "encode and decode audio files; print the bitrate and the metrics",
-        "audio files or folders", test_model,
+    add_command(
+        "decode",
+        command_decode,
+        "codes files -> 16 kHz WAV files",
+        "codes files or folders",
+        "the model recorded in each codes file.",
+        output="decoded <name>.wav",
+        bottleneck=False,
     )
-    reconstruct_command.add_argument("-o", "--output-dir", required=True, help="folder for the decoded <name>.wav files")
+    add_command(
+        "reconstruct",
+        command_reconstruct,
+        "encode and decode audio files; print the bitrate and the metrics",
+        "audio files or folders",
+        test_model,
+        output="decoded <name>.wav",
+    )
     evaluate = add_command(
-        "evaluate", command_evaluate, "a table of the metrics over many audio files", "audio files or folders", test_model
+        "evaluate",
+        command_evaluate,
+        "a table of the metrics over many audio files",
+        "audio files or folders",
+        test_model,
     )
     evaluate.add_argument("--csv", help="write one row per file to this CSV file")
     evaluate.add_argument("--json", help="write the rows, the means and the settings to this JSON file")

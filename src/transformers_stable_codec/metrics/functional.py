@@ -51,15 +51,22 @@ def si_sdr(prediction, reference) -> float:
 
     prediction, reference = _check_pair(prediction, reference)
     return float(
-        scale_invariant_signal_distortion_ratio(torch.from_numpy(prediction), torch.from_numpy(reference), zero_mean=True)
+        scale_invariant_signal_distortion_ratio(
+            torch.from_numpy(prediction), torch.from_numpy(reference), zero_mean=True
+        )
     )
 
 
 def _magnitudes(signal: np.ndarray, window_length: int) -> torch.Tensor:
     window = torch.hann_window(window_length, dtype=torch.float64)
     spectrum = torch.stft(
-        torch.from_numpy(signal), n_fft=window_length, hop_length=window_length // 4, window=window,
-        center=True, pad_mode="reflect", return_complex=True,
+        torch.from_numpy(signal),
+        n_fft=window_length,
+        hop_length=window_length // 4,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
     )
     return spectrum.abs()  # (frequencies, frames)
 
@@ -83,7 +90,8 @@ def stft_distance(prediction, reference) -> float:
     prediction, reference = _check_pair(prediction, reference)
     _check_stft_length(prediction.size)
     return sum(
-        _spectral_distance(_magnitudes(prediction, length), _magnitudes(reference, length)) for length in WINDOW_LENGTHS
+        _spectral_distance(_magnitudes(prediction, length), _magnitudes(reference, length))
+        for length in WINDOW_LENGTHS
     )
 
 
@@ -97,11 +105,18 @@ def mel_distance(prediction, reference, sampling_rate: int) -> float:
     for length, bands in zip(WINDOW_LENGTHS, MEL_BANDS):
         filters = torch.from_numpy(
             mel_filter_bank(
-                num_frequency_bins=length // 2 + 1, num_mel_filters=bands, min_frequency=0.0,
-                max_frequency=sampling_rate / 2, sampling_rate=sampling_rate, norm="slaney", mel_scale="slaney",
+                num_frequency_bins=length // 2 + 1,
+                num_mel_filters=bands,
+                min_frequency=0.0,
+                max_frequency=sampling_rate / 2,
+                sampling_rate=sampling_rate,
+                norm="slaney",
+                mel_scale="slaney",
             )
         ).T  # (bands, frequencies)
-        total += _spectral_distance(filters @ _magnitudes(prediction, length), filters @ _magnitudes(reference, length))
+        total += _spectral_distance(
+            filters @ _magnitudes(prediction, length), filters @ _magnitudes(reference, length)
+        )
     return total
 
 

@@ -7,8 +7,25 @@ import evaluate
 import numpy as np
 
 
-def waveform_pair_info(description: str, citation: str, inputs_description: str, reference_urls: list[str]):
-    """`MetricInfo` of a metric that scores `predictions[i]` against `references[i]`, both 1-D waveforms."""
+DAC_CITATION = """@inproceedings{kumar2023high,
+  title={High-Fidelity Audio Compression with Improved {RVQGAN}},
+  author={Kumar, Rithesh and Seetharaman, Prem and Luebs, Alejandro and Kumar, Ishaan and Kumar, Kundan},
+  booktitle={NeurIPS},
+  year={2023}
+}"""
+
+
+def waveform_pair_info(
+    description: str, citation: str, reference_urls: list[str], result: str, sampling_rate: str | None = None
+):
+    """`MetricInfo` of a metric that scores `predictions[i]` against `references[i]`, both 1-D waveforms of the same
+    length; `result` says what the returned number is, `sampling_rate` what the metric's argument of that name is."""
+    rate_line = f"\n    sampling_rate (int): {sampling_rate}" if sampling_rate else ""
+    inputs_description = (
+        "\nArgs:\n    predictions (list of 1-D float arrays): reconstructed waveforms.\n"
+        "    references (list of 1-D float arrays): the originals, each as long as its prediction."
+        f"{rate_line}\nReturns:\n    {result}\n"
+    )
     return evaluate.MetricInfo(
         module_type="metric",
         description=description,

@@ -11,26 +11,16 @@ quarter window) with 150 and 80 Slaney mel bands from 0 Hz to Nyquist, the mean 
 (mel magnitudes clamped at 1e-5) plus the mean absolute difference of mel magnitudes, summed over the two scales. 0 for
 identical signals; lower is better."""
 
-_CITATION = """@inproceedings{kumar2023high,
-  title={High-Fidelity Audio Compression with Improved {RVQGAN}},
-  author={Kumar, Rithesh and Seetharaman, Prem and Luebs, Alejandro and Kumar, Ishaan and Kumar, Kundan},
-  booktitle={NeurIPS},
-  year={2023}
-}"""
-
-_INPUTS = """
-Args:
-    predictions (list of 1-D float arrays): reconstructed waveforms.
-    references (list of 1-D float arrays): the originals, each as long as its prediction (more than 1024 samples).
-    sampling_rate (int): sampling rate of both, in Hz (sets the mel scale).
-Returns:
-    mel_distance (float): the mean distance over the pairs.
-"""
-
 
 class MelDistance(evaluate.Metric):
     def _info(self):
-        return module.waveform_pair_info(_DESCRIPTION, _CITATION, _INPUTS, ["https://arxiv.org/abs/2306.06546"])
+        return module.waveform_pair_info(
+            _DESCRIPTION,
+            module.DAC_CITATION,
+            ["https://arxiv.org/abs/2306.06546"],
+            "mel_distance (float): the mean distance over the pairs (signals need more than 1024 samples).",
+            sampling_rate="sampling_rate of both, in Hz (sets the mel scale).",
+        )
 
     def _compute(self, predictions, references, sampling_rate):
         return {

@@ -17,18 +17,15 @@ _CITATION = """@inproceedings{le2019sdr,
   year={2019}
 }"""
 
-_INPUTS = """
-Args:
-    predictions (list of 1-D float arrays): reconstructed waveforms.
-    references (list of 1-D float arrays): the originals, each as long as its prediction.
-Returns:
-    si_sdr (float): the mean SI-SDR over the pairs, in dB.
-"""
-
 
 class SiSdr(evaluate.Metric):
     def _info(self):
-        return module.waveform_pair_info(_DESCRIPTION, _CITATION, _INPUTS, ["https://arxiv.org/abs/1811.02508"])
+        return module.waveform_pair_info(
+            _DESCRIPTION,
+            _CITATION,
+            ["https://arxiv.org/abs/1811.02508"],
+            "si_sdr (float): the mean SI-SDR over the pairs, in dB.",
+        )
 
     def _compute(self, predictions, references):
         return {"si_sdr": module.mean_score(functional.si_sdr, predictions, references)}

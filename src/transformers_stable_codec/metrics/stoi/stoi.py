@@ -17,19 +17,16 @@ _CITATION = """@article{taal2011algorithm,
   year={2011}
 }"""
 
-_INPUTS = """
-Args:
-    predictions (list of 1-D float arrays): reconstructed (degraded) waveforms.
-    references (list of 1-D float arrays): the originals, each as long as its prediction.
-    sampling_rate (int): sampling rate of both, in Hz.
-Returns:
-    stoi (float): the mean STOI over the pairs.
-"""
-
 
 class Stoi(evaluate.Metric):
     def _info(self):
-        return module.waveform_pair_info(_DESCRIPTION, _CITATION, _INPUTS, ["https://pypi.org/project/pystoi/"])
+        return module.waveform_pair_info(
+            _DESCRIPTION,
+            _CITATION,
+            ["https://pypi.org/project/pystoi/"],
+            "stoi (float): the mean STOI over the pairs.",
+            sampling_rate="sampling rate of both, in Hz.",
+        )
 
     def _compute(self, predictions, references, sampling_rate):
         return {"stoi": module.mean_score(functional.stoi, predictions, references, sampling_rate=sampling_rate)}

@@ -15,20 +15,15 @@ _CITATION = """@misc{itu2007p862_2,
   year={2007}
 }"""
 
-_INPUTS = """
-Args:
-    predictions (list of 1-D float arrays): reconstructed (degraded) waveforms.
-    references (list of 1-D float arrays): the originals, each as long as its prediction.
-    sampling_rate (int, defaults to 16000): must be 16000.
-Returns:
-    wideband_pesq (float): the mean MOS-LQO over the pairs.
-"""
-
 
 class WidebandPesq(evaluate.Metric):
     def _info(self):
         return module.waveform_pair_info(
-            _DESCRIPTION, _CITATION, _INPUTS, ["https://www.itu.int/rec/T-REC-P.862.2", "https://pypi.org/project/pesq/"]
+            _DESCRIPTION,
+            _CITATION,
+            ["https://www.itu.int/rec/T-REC-P.862.2", "https://pypi.org/project/pesq/"],
+            "wideband_pesq (float): the mean MOS-LQO over the pairs.",
+            sampling_rate="must be 16000 (the default).",
         )
 
     def _compute(self, predictions, references, sampling_rate=functional.PESQ_SAMPLING_RATE):
