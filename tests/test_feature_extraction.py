@@ -246,6 +246,7 @@ def test_bad_input_raises_a_value_error_naming_the_problem(extractor, audio, rat
         (dict(hop_length=0), "hop_length"),
         (dict(sampling_rate=16000.5), "sampling_rate"),
         (dict(target_loudness=float("nan")), "target_loudness"),
+        (dict(padding_side="left"), "padding_side"),
     ],
 )
 def test_bad_settings_raise(kwargs, message):

@@ -128,6 +128,9 @@ def test_bad_input_raises_a_value_error(speech, call, message):
         call(speech)
 
 
-def test_an_empty_batch_raises(modules):
+def test_an_empty_batch_or_a_missing_rate_raises(modules, speech):
     with pytest.raises(ValueError, match="No predictions"):
         modules["si_sdr"].compute(predictions=[], references=[])
+    for name in ("mel_distance", "stoi"):
+        with pytest.raises(ValueError, match="`sampling_rate` must be a positive integer of Hz, got None"):
+            modules[name].compute(predictions=[speech], references=[speech])

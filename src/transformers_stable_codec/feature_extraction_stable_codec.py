@@ -84,6 +84,11 @@ class StableCodecFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(f"Stable Codec takes mono audio: `feature_size` must be 1, got {feature_size!r}.")
         if not isinstance(sampling_rate, int) or isinstance(sampling_rate, bool) or sampling_rate <= 0:
             raise ValueError(f"`sampling_rate` must be a positive integer, got {sampling_rate!r}.")
+        if self.padding_side != "right":
+            # The model reads a clip's length off its padding mask: the padding must follow the audio.
+            raise ValueError(
+                f"Stable Codec pads after the audio: `padding_side` must be 'right', got {self.padding_side!r}."
+            )
         if not isinstance(hop_length, int) or isinstance(hop_length, bool) or hop_length <= 0:
             raise ValueError(f"`hop_length` must be a positive integer, got {hop_length!r}.")
         if not _is_real_number(target_loudness) or not math.isfinite(target_loudness):

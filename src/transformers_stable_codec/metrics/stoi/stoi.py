@@ -28,5 +28,5 @@ class Stoi(evaluate.Metric):
             sampling_rate="sampling rate of both, in Hz.",
         )
 
-    def _compute(self, predictions, references, sampling_rate):
+    def _compute(self, predictions, references, sampling_rate=None):  # None: refused with a ValueError
         return {"stoi": module.mean_score(functional.stoi, predictions, references, sampling_rate=sampling_rate)}
