@@ -19,7 +19,7 @@ class MelDistance(evaluate.Metric):
             module.DAC_CITATION,
             ["https://arxiv.org/abs/2306.06546"],
             "mel_distance (float): the mean distance over the pairs (signals need more than 1024 samples).",
-            sampling_rate="sampling_rate of both, in Hz (sets the mel scale).",
+            sampling_rate="sampling rate of both, in Hz (sets the mel scale).",
         )
 
     def _compute(self, predictions, references, sampling_rate=None):  # None: refused with a ValueError
