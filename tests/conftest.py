@@ -1,4 +1,6 @@
 import pathlib
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -50,3 +52,18 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
+
+
+def synthesize_speech(path: pathlib.Path, text: str, sampling_rate: int = 16000, channels: int = 1) -> pathlib.Path:
+    """Real speech: espeak-ng (22.05 kHz mono), converted by sox to the rate, channel count and format of `path`'s
+    suffix (.wav, .flac)."""
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        pytest.fail("espeak-ng and sox are needed (apt-get install espeak-ng sox); .ci/run installs them")
+    raw = path.with_name(path.stem + ".espeak.wav")
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), text], check=True, capture_output=True)
+    subprocess.run(
+        ["sox", str(raw), "-r", str(sampling_rate), "-c", str(channels), "-b", "16", str(path)],
+        check=True, capture_output=True,
+    )
+    raw.unlink()
+    return path

@@ -158,12 +158,14 @@ def test_published_repo_ids_load_offline_from_the_cache(tmp_path):
     script = """
 import sys, torch
 import transformers_stable_codec
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 from safetensors.torch import load_file, save_file
 out = {}
 for name, repo_id in (("a", "stabilityai/stable-codec-speech-16k"), ("b", "stabilityai/stable-codec-speech-16k-base")):
     assert AutoConfig.from_pretrained(repo_id).model_type == "stable_codec"
     model = AutoModel.from_pretrained(repo_id)
+    extractor = AutoFeatureExtractor.from_pretrained(repo_id)
+    assert (extractor.hop_length, extractor.sampling_rate) == (model.config.hop_length, 16000), repo_id
     inputs = load_file(sys.argv[1 if name == "a" else 2])["input_values"]
     with torch.no_grad():
         out[name] = model.encode(inputs).audio_codes
@@ -248,3 +250,14 @@ def test_auto_classes_still_raise_their_own_errors_for_other_folders(tmp_path):
     (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "not-a-model"}))
     with pytest.raises(ValueError, match="not-a-model"):
         AutoConfig.from_pretrained(tmp_path / "other")
+
+
+def test_config_and_feature_extractor_load_from_an_original_folder():
+    from transformers import AutoFeatureExtractor
+
+    from transformers_stable_codec import StableCodecConfig, StableCodecFeatureExtractor
+
+    assert StableCodecConfig.from_pretrained(SMALL_B).stage_widths == [128, 256]
+    for loader in (AutoFeatureExtractor, StableCodecFeatureExtractor):
+        extractor = loader.from_pretrained(SMALL_B)
+        assert isinstance(extractor, StableCodecFeatureExtractor) and extractor.hop_length == 512

@@ -1,13 +1,14 @@
 """Stable Codec (Stability AI's Transformer Audio AutoEncoder) as a Hugging Face `transformers` model.
 
-Importing the package registers `stable_codec` with `AutoConfig` and `AutoModel`, which then also load checkpoints in
-the original layout (`model_config.json` + `model.safetensors` / `model.ckpt`), converting them on the fly.
+Importing the package registers `stable_codec` with `AutoConfig`, `AutoModel` and `AutoFeatureExtractor`, which then
+also load checkpoints in the original layout (`model_config.json` + `model.safetensors` / `model.ckpt`), converting
+them on the fly.
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
 from .configuration_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecConfig
-from .original_checkpoint import OriginalCheckpointError, register_original_layout_with_auto_classes
+from .feature_extraction_stable_codec import StableCodecFeatureExtractor
 from .modeling_stable_codec import (
     StableCodecDecoderOutput,
     StableCodecEncoderOutput,
@@ -15,12 +16,14 @@ from .modeling_stable_codec import (
     StableCodecOutput,
     StableCodecPreTrainedModel,
 )
+from .original_checkpoint import OriginalCheckpointError, register_original_layout_with_auto_classes
 
 
 __version__ = "0.1.0"
 
 AutoConfig.register(StableCodecConfig.model_type, StableCodecConfig, exist_ok=True)
 AutoModel.register(StableCodecConfig, StableCodecModel, exist_ok=True)
+AutoFeatureExtractor.register(StableCodecConfig, StableCodecFeatureExtractor, exist_ok=True)
 register_original_layout_with_auto_classes()
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "StableCodecConfig",
     "StableCodecDecoderOutput",
     "StableCodecEncoderOutput",
+    "StableCodecFeatureExtractor",
     "StableCodecModel",
     "StableCodecOutput",
     "StableCodecPreTrainedModel",

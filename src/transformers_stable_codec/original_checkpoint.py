@@ -346,12 +346,26 @@ def model_from_original_layout(location, **kwargs):
     return model
 
 
+def feature_extractor_from_original_layout(location, **kwargs):
+    """The feature extractor that fits an original-layout checkpoint (None for any other layout)."""
+    from .feature_extraction_stable_codec import StableCodecFeatureExtractor
+
+    layout = find_original_layout(location, **{key: kwargs.get(key) for key in ("subfolder", *_HUB_DOWNLOAD_KWARGS)})
+    if layout is None:
+        return None
+    config = config_from_original(read_original_config(layout[0]))
+    extractor = StableCodecFeatureExtractor(sampling_rate=config.sampling_rate, hop_length=config.hop_length)
+    return (extractor, {}) if kwargs.get("return_unused_kwargs") else extractor
+
+
 def register_original_layout_with_auto_classes():
-    """AutoConfig and AutoModel look for config.json; a repo in the original layout has model_config.json instead.
+    """AutoConfig, AutoModel and AutoFeatureExtractor look for config.json / preprocessor_config.json; a repo in the
+    original layout has model_config.json instead.
     Where their own loading fails, fall back to the original layout (other models are untouched: the fallback only
     acts after their error, and re-raises it unless the location holds an original Stable Codec checkpoint)."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
+    from .feature_extraction_stable_codec import StableCodecFeatureExtractor
     from .modeling_stable_codec import StableCodecModel
 
     def load_config(location, *args, **kwargs):
@@ -363,7 +377,12 @@ def register_original_layout_with_auto_classes():
     def load_model(location, *args, **kwargs):
         return StableCodecModel.from_pretrained(location, *args, **kwargs)
 
-    for auto_class, load in ((AutoConfig, load_config), (AutoModel, load_model)):
+    def load_feature_extractor(location, *args, **kwargs):
+        return StableCodecFeatureExtractor.from_pretrained(location, **kwargs)
+
+    for auto_class, load in (
+        (AutoConfig, load_config), (AutoModel, load_model), (AutoFeatureExtractor, load_feature_extractor)
+    ):
         add_original_layout_fallback(auto_class, load)
 
 
