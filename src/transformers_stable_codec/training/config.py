@@ -1,6 +1,7 @@
 """The training configuration: a YAML or JSON file in the original's layout (`model`, `training` with
 `loss_configs` and `eval_loss_configs`) plus `data`, read strictly: an unknown or mistyped key is an error."""
 
+import copy
 import dataclasses
 import json
 import pathlib
@@ -191,12 +192,13 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError("`training.max_minutes` must be positive (or null).")
     if not 0 < training.ema.beta < 1 or training.ema.power <= 0:
         raise ConfigError("`training.ema.beta` must lie in (0, 1) and `training.ema.power` be positive.")
-    for name, section in training.optimizer_configs.items():
-        if name not in ("autoencoder", "discriminator"):
-            raise ConfigError(f"Unknown optimizer `training.optimizer_configs.{name}`: use 'autoencoder' or 'discriminator'.")
-        training.optimizer_configs[name] = _build(OptimizerConfig, section, f"training.optimizer_configs.{name}")
-    for name in ("autoencoder", "discriminator"):
-        training.optimizer_configs.setdefault(name, OptimizerConfig())
+    unknown = sorted(set(training.optimizer_configs) - {"autoencoder", "discriminator"})
+    if unknown:
+        raise ConfigError(f"Unknown optimizer(s) {unknown} in `training.optimizer_configs`: use 'autoencoder' or 'discriminator'.")
+    training.optimizer_configs = {
+        name: _build(OptimizerConfig, training.optimizer_configs.get(name, {}), f"training.optimizer_configs.{name}")
+        for name in ("autoencoder", "discriminator")
+    }
     if not any(key in training.loss_configs for key in ("spectral", "mrmel", "time")):
         raise ConfigError("`training.loss_configs` needs a reconstruction loss: 'spectral', 'mrmel' or 'time'.")
     if training.use_ctc:
@@ -230,7 +232,7 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 
 def config_from_dict(values: dict) -> TrainConfig:
-    return validate(_build(TrainConfig, values, "config"))
+    return validate(_build(TrainConfig, copy.deepcopy(values), "config"))
 
 
 def set_override(values: dict, assignment: str) -> None:

@@ -277,6 +277,7 @@ class StableCodecTrainer:
             batch_size=data.validation_batch_size,
             num_workers=min(data.num_workers, 2),
             collate_fn=collate,
+            generator=torch.Generator().manual_seed(self.config.training.seed),  # validation leaves the RNG alone
         )
 
     def _eval_metrics(self, sections: dict, sampling_rate: int) -> dict:
@@ -580,6 +581,8 @@ class StableCodecTrainer:
         folder = pathlib.Path(folder)
         with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
             state = self.accelerator.get_state_dict(self.model)
+            # Copies: the tensors may be the parameters themselves, which get the live weights back on exit.
+            state = {name: tensor.detach().to("cpu", copy=True) for name, tensor in (state or {}).items()}
         if self.accelerator.is_main_process:
             codec = StableCodecModel(self.codec_config)
             codec.load_state_dict({key[len("codec.") :]: value for key, value in state.items() if key.startswith("codec.")})
