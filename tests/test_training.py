@@ -155,8 +155,7 @@ def test_dataset_crops_carry_the_phonemes_of_their_words():
     phonemizer = Phonemizer()
     seen = set()
     for epoch in range(16):
-        dataset.set_epoch(epoch)
-        item = dataset[0]
+        item = dataset[epoch * len(dataset)]  # the key of index 0 in each epoch, as EpochSampler gives it
         assert item["audio"].shape == (1, 24000) and bool(item["padding_mask"].all())
         start = round(float(item["audio"][0, 0]) * 1e6) / 16000
         end = start + 1.5

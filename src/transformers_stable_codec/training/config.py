@@ -232,7 +232,11 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 
 def config_from_dict(values: dict) -> TrainConfig:
-    return validate(_build(TrainConfig, copy.deepcopy(values), "config"))
+    values = copy.deepcopy(values)
+    training = values.get("training")
+    if isinstance(training, dict) and training.get("mixed_precision") is False:
+        training["mixed_precision"] = "no"  # YAML 1.1 reads a bare `no` as false
+    return validate(_build(TrainConfig, values, "config"))
 
 
 def set_override(values: dict, assignment: str) -> None:

@@ -15,7 +15,7 @@ import math
 import pathlib
 import tarfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile
@@ -216,7 +216,8 @@ class ForceAlignedAudioDataset(torch.utils.data.Dataset):
 
     With `sample_size`, each item is a crop of that many samples (random when `random_crop`, padded when the clip
     is shorter); without it, whole clips (validation). The crop, loudness target and phase flip of an item depend
-    only on `(seed, epoch, index)`, so that a resumed run sees exactly the data of an uninterrupted one.
+    only on `(seed, epoch, index)`, so that a resumed run sees exactly the data of an uninterrupted one (the
+    epoch comes with the key, see `EpochSampler`).
     """
 
     def __init__(
@@ -234,21 +235,20 @@ class ForceAlignedAudioDataset(torch.utils.data.Dataset):
             raise ValueError("The data source is empty.")
         self.source, self.sampling_rate, self.sample_size = source, sampling_rate, sample_size
         self.random_crop, self.augmentation, self.phonemizer = random_crop, augmentation, phonemizer
-        self.seed, self.epoch, self.max_consecutive_bad = seed, 0, max_consecutive_bad
+        self.seed, self.max_consecutive_bad = seed, max_consecutive_bad
         self._meter = None
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int) -> dict:
+        """`key` is `epoch * len(self) + index` (as `EpochSampler` yields them), or a plain index (epoch 0)."""
+        epoch, index = divmod(int(key), len(self.source))
         skipped = []
         for attempt in range(self.max_consecutive_bad):
             position = (index + attempt) % len(self.source)
             try:
-                item = self.load(position)
+                item = self.load(position, epoch)
             except BadSample as bad:
                 skipped.append((bad.reason, str(bad)))
                 continue
@@ -260,8 +260,8 @@ class ForceAlignedAudioDataset(torch.utils.data.Dataset):
             f"the data looks broken. First: {skipped[0][1]}"
         )
 
-    def load(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def load(self, index: int, epoch: int = 0) -> dict:
+        rng = np.random.default_rng([self.seed, epoch, index])
         clip = self.source.read(index)
         audio = self._resample(clip.audio, clip.sampling_rate)
         if not np.isfinite(audio).all():
@@ -344,10 +344,11 @@ def collate(items: list[dict]) -> dict:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """A permutation of the dataset fixed by `(seed, epoch)` (or the identity, unshuffled)."""
+    """A permutation of the dataset fixed by `(seed, epoch)`, yielding keys `epoch * size + index`: the epoch
+    travels with each index to the dataset, also into persistent loader workers."""
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True):
-        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -356,31 +357,8 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.size
 
     def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.size))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-
-@dataclass
-class SkipCounter:
-    """Counts skipped clips by reason; remembers one example of each."""
-
-    counts: Counter = field(default_factory=Counter)
-    examples: dict = field(default_factory=dict)
-
-    def add(self, skipped: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        for reason, detail in skipped:
-            self.counts[reason] += 1
-            self.examples.setdefault(reason, detail)
-        return skipped
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def summary(self) -> str:
-        return ", ".join(f"{reason}: {count}" for reason, count in sorted(self.counts.items()))
+        return iter((self.epoch * self.size + torch.randperm(self.size, generator=generator)).tolist())
 
 
 __all__ = [
@@ -391,7 +369,6 @@ __all__ = [
     "ForceAlignedAudioDataset",
     "HFDatasetSource",
     "ShardSource",
-    "SkipCounter",
     "collate",
     "parse_transcript",
     "source_from_config",

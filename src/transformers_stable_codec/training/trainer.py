@@ -259,6 +259,7 @@ class StableCodecTrainer:
             drop_last=True,
             num_workers=data.num_workers,
             collate_fn=collate,
+            persistent_workers=data.num_workers > 0,
             # A loader of its own draws worker seeds: the global generator (FSQ dither) stays untouched.
             generator=torch.Generator().manual_seed(self.config.training.seed),
         )
@@ -306,7 +307,6 @@ class StableCodecTrainer:
     def _train_batches(self):
         progress, accelerator = self.progress, self.accelerator
         while True:
-            self.train_loader.dataset.set_epoch(progress.epoch)
             self.train_loader.set_epoch(progress.epoch)
             loader = self.train_loader
             if progress.batches_in_epoch:
