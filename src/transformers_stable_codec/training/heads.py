@@ -59,6 +59,8 @@ class StableCodecForCTCTraining(nn.Module):
     gradients train the head alone and leave the encoder to the reconstruction objectives.
     """
 
+    _no_split_modules = ["StableCodecTransformerLayer"]  # FSDP wraps each transformer layer on its own
+
     def __init__(self, codec: StableCodecModel, head: StableCodecCTCHead | None, detach_head: bool = False):
         super().__init__()
         self.codec = codec
