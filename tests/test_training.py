@@ -34,7 +34,7 @@ from transformers_stable_codec.training import (
     phone_error_rate,
     words_in_window,
 )
-from transformers_stable_codec.training.data import AugmentationConfig, HFDatasetSource, RawClip, ShardSource
+from transformers_stable_codec.training.data import SKIP_REASONS, AugmentationConfig, HFDatasetSource, RawClip, ShardSource
 from transformers_stable_codec.training.losses import (
     MultiResolutionMelLoss,
     MultiResolutionSTFTLoss,
@@ -53,9 +53,18 @@ TINY_CONFIG = REPO / "configs" / "tiny_cpu.yaml"
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> pathlib.Path:
-    """12 training and 4 held-out espeak-ng sentences, as shards and as a `datasets` dataset."""
+    """12 training and 4 held-out espeak-ng sentences, as shards and as a `datasets` dataset; and a shard of two
+    unusable clips (`broken-000000.tar`: undecodable audio, no transcript)."""
     folder = tmp_path_factory.mktemp("corpus")
     build_corpus(folder, train=12, validation=4, seed=3, shard_size=5, max_words=5)
+    with tarfile.open(folder / "train-000000.tar") as source, tarfile.open(folder / "broken-000000.tar", "w") as target:
+        good_audio = next(member for member in source.getmembers() if member.name.endswith(".flac"))
+        members = [("garbled.flac", b"not audio at all"), ("garbled.json", json.dumps({"force_aligned_text": {"transcript": []}}).encode()),
+                   ("untranscribed.flac", source.extractfile(good_audio).read()), ("untranscribed.json", b'{"text": "no alignment"}')]
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            target.addfile(info, io.BytesIO(payload))
     return folder
 
 
@@ -335,10 +344,17 @@ def test_resumed_training_is_identical_to_uninterrupted_training(tmp_path, corpu
     settings = dict(max_steps=6, checkpoint_every=3, validate_every=100, validate_at_start=False, gradient_accumulation_steps=2)
     values = tiny_config(corpus, tmp_path / "straight", **settings)
     values["data"]["num_workers"] = 1
+    values["data"]["train"]["path"] = [str(corpus / "train-*.tar"), str(corpus / "broken-*.tar")]  # 2 of 14 unusable
     straight = StableCodecTrainer(config_from_dict(values))
     straight.train()
     expected = final_state(straight)
-    assert straight.progress.batches_in_epoch + straight.progress.epoch * 6 == 12  # 2 micro-batches per step
+    assert straight.progress.batches_in_epoch + straight.progress.epoch * 7 == 12  # 2 micro-batches per step
+    # Both unusable clips come up in the 24 items of 12 batches (every clip of the first epoch is drawn), are
+    # skipped, counted and logged; the run goes on.
+    skipped = dict(zip(SKIP_REASONS, straight.skipped))
+    assert skipped["unreadable audio"] >= 1 and skipped["missing transcript"] >= 1
+    logged = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["data/skipped_clips"] for entry in logged if "data/skipped_clips" in entry][-1] == sum(straight.skipped)
 
     values["training"]["output_dir"] = str(tmp_path / "interrupted")
     first = StableCodecTrainer(config_from_dict({**values, "training": {**values["training"], "max_steps": 3}}))
@@ -346,6 +362,7 @@ def test_resumed_training_is_identical_to_uninterrupted_training(tmp_path, corpu
     second = StableCodecTrainer(config_from_dict(values))
     assert second.resume("latest").name == "step_00000003"
     second.train()
+    assert second.skipped == straight.skipped  # the skip counts travel with the checkpoint
     for ours, theirs in zip(final_state(second), expected):
         items = zip(ours.values(), theirs.values()) if isinstance(ours, dict) else zip(ours, theirs)
         assert all(torch.equal(a, b) for a, b in items)
@@ -437,7 +454,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, corpus):
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = tmp_path / "ddp" / "checkpoints" / "step_00000004"
-    first, second = (torch.load(checkpoint / f"ema_{rank}.pt", weights_only=True) for rank in (0, 1))
+    first, second = (torch.load(checkpoint / f"process_{rank}.pt", weights_only=True)["ema"] for rank in (0, 1))
     assert all(torch.equal(a, b) for a, b in zip(first["shadow"], second["shadow"]))
     assert (tmp_path / "ddp" / "export" / "model.safetensors").is_file()
     assert result.stdout.count("exported the EMA model") == 1  # printed by the main process only

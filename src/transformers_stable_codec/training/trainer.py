@@ -104,8 +104,7 @@ class Progress:
     step: int = 0  # optimizer steps, both turns
     generator_steps: int = 0
     epoch: int = 0
-    batches_in_epoch: int = 0  # batches this process consumed in the current epoch
-    skipped: list = dataclasses.field(default_factory=lambda: [0] * len(SKIP_REASONS))  # this process's skips
+    batches_in_epoch: int = 0  # batches each process consumed in the current epoch
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -134,6 +133,7 @@ class StableCodecTrainer:
         )
         set_seed(training.seed)
         self.progress = Progress()
+        self.skipped = [0] * len(SKIP_REASONS)  # this process's skipped clips, by reason
         self.skips_reported = 0
         self.validation_history: list[dict] = []
 
@@ -315,7 +315,7 @@ class StableCodecTrainer:
             for batch in loader:
                 progress.batches_in_epoch += 1
                 for reason, _ in batch["skipped"]:
-                    progress.skipped[SKIP_REASONS.index(reason)] += 1
+                    self.skipped[SKIP_REASONS.index(reason)] += 1
                 if batch["skipped"]:
                     self.last_skip_example = batch["skipped"][-1][1]
                 yield batch
@@ -369,13 +369,7 @@ class StableCodecTrainer:
         total, logged = self._weighted_total(values)
         logged["loss"] = total
         self._check_finite(logged)
-        self.accelerator.backward(total)
-        if self.accelerator.sync_gradients and self.config.training.clip_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.training.clip_grad_norm)
-        self.gen_optimizer.step()
-        if self.accelerator.sync_gradients:
-            self.gen_scheduler.step()
-        self.gen_optimizer.zero_grad(set_to_none=True)
+        self._backward_and_step(total, self.model, self.gen_optimizer, self.gen_scheduler)
         if self.discriminator is not None:
             self.disc_optimizer.zero_grad(set_to_none=True)  # what the adversarial terms left in the discriminator
         logged["latent_std"] = self._latent_std
@@ -389,14 +383,18 @@ class StableCodecTrainer:
         loss = discriminator_hinge_loss(outputs, len(reals))
         logged = {"discriminator_loss": loss}
         self._check_finite(logged)
+        self._backward_and_step(loss, self.discriminator, self.disc_optimizer, self.disc_scheduler)
+        return logged
+
+    def _backward_and_step(self, loss, module, optimizer, scheduler) -> None:
+        """Backward; at the last micro-batch of a step (Accelerate's `sync_gradients`) clip, step, schedule."""
         self.accelerator.backward(loss)
         if self.accelerator.sync_gradients and self.config.training.clip_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self.discriminator.parameters(), self.config.training.clip_grad_norm)
-        self.disc_optimizer.step()
+            self.accelerator.clip_grad_norm_(module.parameters(), self.config.training.clip_grad_norm)
+        optimizer.step()  # Accelerate's optimizer skips the step and the zeroing between accumulated micro-batches
         if self.accelerator.sync_gradients:
-            self.disc_scheduler.step()
-        self.disc_optimizer.zero_grad(set_to_none=True)
-        return logged
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def train(self) -> dict:
         """Runs until `max_steps` or `max_minutes`; checkpoints, validates and logs on the way and at the end.
@@ -454,7 +452,7 @@ class StableCodecTrainer:
 
     def _count_skips(self) -> int:
         """Clips skipped so far by all processes; warns (once per new batch of skips) with the reasons."""
-        counts = self.accelerator.reduce(torch.tensor(self.progress.skipped, device=self.accelerator.device), "sum")
+        counts = self.accelerator.reduce(torch.tensor(self.skipped, device=self.accelerator.device), "sum")
         total = int(counts.sum())
         if total > self.skips_reported:
             summary = ", ".join(f"{reason}: {int(count)}" for reason, count in zip(SKIP_REASONS, counts.tolist()) if count)
@@ -542,7 +540,8 @@ class StableCodecTrainer:
 
     def save_checkpoint(self) -> pathlib.Path:
         """`accelerator.save_state` (weights, optimizers, schedulers, scaler, RNG states, progress) plus each
-        process's EMA, written under a temporary name and renamed once complete."""
+        process's own state (its EMA shard, its skip counts), written under a temporary name and renamed once
+        complete."""
         accelerator = self.accelerator
         final = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.progress.step:08d}"
         partial = self.checkpoint_dir / f".partial_{self.progress.step:08d}"
@@ -550,8 +549,8 @@ class StableCodecTrainer:
             shutil.rmtree(partial)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(partial))
-        if self.ema is not None:
-            torch.save(self.ema.state_dict(), partial / f"ema_{accelerator.process_index}.pt")
+        own = {"ema": self.ema.state_dict() if self.ema is not None else None, "skipped": self.skipped}
+        torch.save(own, partial / f"process_{accelerator.process_index}.pt")
         (partial / "history.json").write_text(json.dumps(self.validation_history)) if accelerator.is_main_process else None
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -569,8 +568,10 @@ class StableCodecTrainer:
         if folder is None or not folder.is_dir():
             raise FileNotFoundError(f"No checkpoint to resume from at {checkpoint if folder is None else folder}.")
         self.accelerator.load_state(str(folder))
+        own = torch.load(folder / f"process_{self.accelerator.process_index}.pt", weights_only=True)
         if self.ema is not None:
-            self.ema.load_state_dict(torch.load(folder / f"ema_{self.accelerator.process_index}.pt", weights_only=True))
+            self.ema.load_state_dict(own["ema"])
+        self.skipped = own["skipped"]
         history = folder / "history.json"
         self.validation_history = json.loads(history.read_text()) if history.is_file() else []
         return folder
