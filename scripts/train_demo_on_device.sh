@@ -2,11 +2,12 @@
 # The demo training on the GPU machine (which has no internet): trains configs/demo_small.yaml from scratch on the
 # espeak-ng corpus for a fixed wall-clock budget, then reports.
 #
-#   bash scripts/train_demo_on_device.sh [--minutes 6] [--gpus 1] [--dry-run]
+#   bash scripts/train_demo_on_device.sh [--minutes 6] [--gpus 1] [--dry-run] [--summary-only]
 #
 # Needs, carried beside the repository: .whl/ (wheels the GPU image lacks) and outputs/demo_corpus/ (the corpus);
 # scripts/prepare_device_carry.sh makes both on a machine with internet. --dry-run rehearses on CPU with a tiny model.
 # --gpus N > 1 runs N processes (DDP) through accelerate launch, N times the batch: compare samples_per_second.
+# --summary-only keeps summary.json and train.log alone in $OUT (throughput runs: several fit in one call's 8 files).
 #
 # Writes to $OUT (else outputs/device-demo-out): summary.json (validation before/after, losses, samples/s),
 # training_curves.png, metrics.jsonl, train.log, and demo_model.tar.part-NN: the export (EMA model, CTC head, model
@@ -17,12 +18,14 @@ cd "$(dirname "$0")/.."
 MINUTES=6
 GPUS=1
 DRY_RUN=0
+SUMMARY_ONLY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --minutes) MINUTES=$2; shift 2 ;;
         --gpus) GPUS=$2; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
-        *) echo "unknown option: $1 (use --minutes M, --gpus N, --dry-run)" >&2; exit 2 ;;
+        --summary-only) SUMMARY_ONLY=1; shift ;;
+        *) echo "unknown option: $1 (use --minutes M, --gpus N, --dry-run, --summary-only)" >&2; exit 2 ;;
     esac
 done
 RESULTS=${OUT:-outputs/device-demo-out}
@@ -65,9 +68,13 @@ fi
 set -o pipefail
 "${LAUNCH[@]}" "${ARGS[@]}" 2>&1 | tee "$RESULTS/train.log"
 
-python3 scripts/report_training_run.py "$RUN" --plot "$RESULTS/training_curves.png" --summary "$RESULTS/summary.json" \
+python3 scripts/report_training_run.py "$RUN" --plot "$RUN/training_curves.png" --summary "$RESULTS/summary.json" \
     --model_card "$RUN/export" --minutes "$MINUTES" --device "$DEVICE" --title "Stable Codec demo: $DEVICE, $MINUTES min"
-cp "$RUN/metrics.jsonl" "$RESULTS/metrics.jsonl"
+if [ "$SUMMARY_ONLY" = 1 ]; then
+    ls -la "$RESULTS"
+    exit 0
+fi
+cp "$RUN/training_curves.png" "$RUN/metrics.jsonl" "$RESULTS/"
 rm -f "$RESULTS"/demo_model.tar.part-*
 tar -C "$RUN" -cf - export logs | split -b 15M -d - "$RESULTS/demo_model.tar.part-"
 ls -la "$RESULTS"

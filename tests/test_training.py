@@ -46,6 +46,8 @@ from transformers_stable_codec.training.losses import (
 from transformers_stable_codec.training.synthetic_corpus import VOCABULARY, build_corpus
 from transformers_stable_codec.training.trainer import scale_invariant_sdr
 
+from .conftest import tiny_config as tiny_model_config
+
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY_CONFIG = REPO / "configs" / "tiny_cpu.yaml"
@@ -461,3 +463,44 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, corpus):
     logged = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     speeds = [entry["train/samples_per_second"] for entry in logged if "train/samples_per_second" in entry]
     assert speeds and all(speed > 0 for speed in speeds)
+
+
+# --- command line and report ------------------------------------------------------------------------------------
+
+
+def test_cli_refuses_a_bad_configuration_with_status_2(tmp_path, capsys):
+    from transformers_stable_codec.training.cli import main
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"training": {"max_step": 5}}))
+    assert main(["--config", str(config)]) == 2
+    assert "Unknown key(s) ['max_step'] in `config.training`" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_run_report_summarizes_plots_and_writes_the_model_card(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("report", REPO / "scripts" / "report_training_run.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    run = tmp_path / "run"
+    run.mkdir()
+    entries = [{"step": 0, "val/per": 1.2, "val/stft": 5.0, "val/mel": 7.0, "val/sisdr": -40.0, "val/ctc_loss": 12.0}]
+    entries += [{"step": step, "train/mrstft_loss": 6.0 - step / 100, "train/ctc_loss": 9.0 - step / 50,
+                 "train/samples_per_second": speed, "data/skipped_clips": 2.0} for step, speed in ((25, 10.0), (50, 200.0), (75, 210.0), (100, 190.0))]
+    entries += [{"step": 100, "val/per": 0.3, "val/stft": 2.5, "val/mel": 3.0, "val/sisdr": -10.0, "val/ctc_loss": 2.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    train, validation = report.read_metrics(run / "metrics.jsonl")
+    summary = report.summarize(run, train, validation)
+    assert summary["steps"] == 100 and summary["skipped_clips"] == 2.0
+    assert summary["train"]["mrstft_loss"] == {"first": 5.75, "last": 5.0}
+    assert summary["samples_per_second_median"] == 200.0  # the first interval (start-up) left out
+    assert summary["validation_first"]["val/per"] == 1.2 and summary["validation_last"]["val/per"] == 0.3
+    report.plot(train, validation, tmp_path / "curves.png", "test")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    export = tmp_path / "export"
+    StableCodecModel(tiny_model_config()).save_pretrained(export)
+    report.write_model_card(export, summary, minutes=6.0, device="NVIDIA H100 x 1")
+    card = (export / "README.md").read_text()
+    assert "A demonstration, not a speech codec" in card and "| 120.0% | 30.0% |" in card and "NVIDIA H100 x 1" in card

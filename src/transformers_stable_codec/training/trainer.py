@@ -428,7 +428,8 @@ class StableCodecTrainer:
             bar.update(1)
 
             out_of_time = training.max_minutes is not None and time.monotonic() - started > 60 * training.max_minutes
-            out_of_time = bool(accelerator.reduce(torch.tensor(float(out_of_time), device=accelerator.device), "max"))
+            if accelerator.num_processes > 1:  # every process stops at the same step
+                out_of_time = bool(accelerator.reduce(torch.tensor(float(out_of_time), device=accelerator.device), "max"))
             finished = out_of_time or progress.step >= training.max_steps
             if progress.step % training.log_every == 0 or finished:
                 now = time.monotonic()
