@@ -443,15 +443,15 @@ def test_synthetic_corpus_timings_are_exact(corpus):
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(tmp_path, corpus):
-    """DDP over gloo: both processes end with the same weights (gradients were averaged although each saw other
-    clips), the run exports, and the CLI's exit status says it succeeded."""
-    values = tiny_config(corpus, tmp_path / "ddp", max_steps=4, checkpoint_every=4, validate_every=4)
+    """DDP over gloo, in bf16 autocast: both processes end with the same weights (gradients were averaged although
+    each saw other clips), the run exports, and the CLI's exit status says it succeeded."""
+    values = tiny_config(corpus, tmp_path / "ddp", max_steps=4, checkpoint_every=4, validate_every=4, mixed_precision="bf16")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(values))
     # On a machine without GPUs, `--multi_gpu` with ACCELERATE_USE_CPU runs one process per rank over gloo.
     environment = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "transformers_stable_codec.training",
+               "--mixed_precision", "bf16", "--dynamo_backend", "no", "-m", "transformers_stable_codec.training",
                "--config", str(config)]
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
