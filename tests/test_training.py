@@ -331,6 +331,13 @@ def test_invalid_configs_name_the_key(tmp_path, change, message):
         config_from_dict(values)
 
 
+def test_wrong_loss_options_name_their_section(tmp_path, corpus):
+    values = tiny_config(corpus, tmp_path / "out")
+    values["training"]["loss_configs"]["mrmel"]["config"]["n_mel"] = [20]
+    with pytest.raises(ConfigError, match=r"`training.loss_configs.mrmel.config`: .*'n_mel'"):
+        StableCodecTrainer(config_from_dict(values))
+
+
 # --- the loop -------------------------------------------------------------------------------------------------
 
 

@@ -30,15 +30,14 @@ def main(argv=None) -> int:
         overrides.append(f"training.output_dir={args.output_dir}")
     if args.max_minutes is not None:
         overrides.append(f"training.max_minutes={args.max_minutes}")
+    from .trainer import NonFiniteLossError, StableCodecTrainer
+
     try:
         config = load_config(args.config, overrides)
+        trainer = StableCodecTrainer(config)
     except ConfigError as error:
         print(f"stable-codec-train: invalid configuration: {error}", file=sys.stderr)
         return 2
-
-    from .trainer import NonFiniteLossError, StableCodecTrainer
-
-    trainer = StableCodecTrainer(config)
     if args.resume:
         print(f"resumed from {trainer.resume(args.resume)}")
     try:

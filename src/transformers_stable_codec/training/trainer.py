@@ -23,7 +23,7 @@ from transformers import get_scheduler
 
 from ..configuration_stable_codec import StableCodecConfig
 from ..modeling_stable_codec import StableCodecModel
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import SKIP_REASONS, AugmentationConfig, EpochSampler, ForceAlignedAudioDataset, collate, source_from_config
 from .heads import StableCodecCTCHead, StableCodecForCTCTraining
 from .losses import (
@@ -150,13 +150,13 @@ class StableCodecTrainer:
 
         losses = training.loss_configs
         sampling_rate = codec.config.sampling_rate
-        self.terms = []  # (name, weight, decay, section) of the autoencoder's loss terms
+        self.terms = []  # (name, weight, decay) of the autoencoder's loss terms
         self.mrstft = self.mrmel = None
         if losses.get("spectral", {}).get("weights", {}).get("mrstft", 0) > 0:
-            self.mrstft = MultiResolutionSTFTLoss(**losses["spectral"].get("config", {}))
+            self.mrstft = _from_section(MultiResolutionSTFTLoss, "loss_configs.spectral.config", **losses["spectral"].get("config", {}))
             self.terms.append(("mrstft_loss", losses["spectral"]["weights"]["mrstft"], losses["spectral"].get("decay", 1.0)))
         if losses.get("mrmel", {}).get("weights", {}).get("mrmel", 0) > 0:
-            self.mrmel = MultiResolutionMelLoss(sampling_rate, **losses["mrmel"].get("config", {}))
+            self.mrmel = _from_section(MultiResolutionMelLoss, "loss_configs.mrmel.config", sampling_rate, **losses["mrmel"].get("config", {}))
             self.terms.append(("mrmel_loss", losses["mrmel"]["weights"]["mrmel"], losses["mrmel"].get("decay", 1.0)))
         for kind in ("l1", "l2"):
             weight = losses.get("time", {}).get("weights", {}).get(kind, 0)
@@ -168,7 +168,7 @@ class StableCodecTrainer:
         discriminator = None
         self.disc_section = losses.get("discriminator")
         if self.disc_section is not None:
-            discriminator = MultiScaleSTFTDiscriminator(**self.disc_section.get("config", {}))
+            discriminator = _from_section(MultiScaleSTFTDiscriminator, "loss_configs.discriminator.config", **self.disc_section.get("config", {}))
             weights = self.disc_section.get("weights", {})
             self.terms.append(("loss_adv", weights.get("adversarial", 0.1), 1.0))
             self.terms.append(("feature_matching_loss", weights.get("feature_matching", 5.0), 1.0))
@@ -205,9 +205,10 @@ class StableCodecTrainer:
     def _build_codec(section) -> StableCodecModel:
         if section.pretrained:
             if section.config:
-                raise ValueError("Give either `model.pretrained` or `model.config` (a model from scratch), not both.")
-            return StableCodecModel.from_pretrained(section.pretrained, attn_implementation=section.attn_implementation)
-        codec = StableCodecModel(StableCodecConfig(**section.config, attn_implementation=section.attn_implementation))
+                raise ConfigError("Give either `model.pretrained` or `model.config` (a model from scratch), not both.")
+            codec = StableCodecModel.from_pretrained(section.pretrained, attn_implementation=section.attn_implementation)
+        else:
+            codec = StableCodecModel(StableCodecConfig(**section.config, attn_implementation=section.attn_implementation))
         if section.gradient_checkpointing:
             codec.gradient_checkpointing_enable()
         return codec
@@ -284,13 +285,13 @@ class StableCodecTrainer:
     def _eval_metrics(self, sections: dict, sampling_rate: int) -> dict:
         device, metrics = self.accelerator.device, {}
         if "stft" in sections:
-            metrics["stft"] = MultiResolutionSTFTLoss(**sections["stft"]).to(device)
+            metrics["stft"] = _from_section(MultiResolutionSTFTLoss, "eval_loss_configs.stft", **sections["stft"]).to(device)
         if "mel" in sections:
-            metrics["mel"] = MultiResolutionMelLoss(sampling_rate, **sections["mel"]).to(device)
+            metrics["mel"] = _from_section(MultiResolutionMelLoss, "eval_loss_configs.mel", sampling_rate, **sections["mel"]).to(device)
         for name in ("sisdr", "per"):
             if name in sections:
                 if sections[name]:
-                    raise ValueError(f"`training.eval_loss_configs.{name}` takes no options, got {sections[name]!r}.")
+                    raise ConfigError(f"`training.eval_loss_configs.{name}` takes no options, got {sections[name]!r}.")
                 metrics[name] = None
         return metrics
 
@@ -601,6 +602,14 @@ class StableCodecTrainer:
 
     def end(self) -> None:
         self.accelerator.end_training()
+
+
+def _from_section(cls, path: str, *args, **kwargs):
+    """Builds a loss or metric from its configuration section; wrong keyword arguments name the section."""
+    try:
+        return cls(*args, **kwargs)
+    except TypeError as error:
+        raise ConfigError(f"`training.{path}`: {error}") from None
 
 
 def scale_invariant_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
