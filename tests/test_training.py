@@ -511,3 +511,19 @@ def test_run_report_summarizes_plots_and_writes_the_model_card(tmp_path):
     report.write_model_card(export, summary, minutes=6.0, device="NVIDIA H100 x 1")
     card = (export / "README.md").read_text()
     assert "A demonstration, not a speech codec" in card and "| 120.0% | 30.0% |" in card and "NVIDIA H100 x 1" in card
+
+
+def test_the_shipped_demo_model_is_the_default_and_says_what_it_is():
+    import pathlib
+
+    from transformers_stable_codec import StableCodecModel
+    from transformers_stable_codec.cli import DEFAULT_MODEL, default_model
+
+    folder = pathlib.Path(default_model())
+    assert folder == DEFAULT_MODEL and folder.parent.name == "transformers_stable_codec"
+    assert sum(path.stat().st_size for path in folder.iterdir()) <= 25 * 2**20
+    card = (folder / "README.md").read_text()
+    assert "A demonstration, not a speech codec for real use" in card and "espeak-ng" in card
+    assert "| phone error rate, held-out sentences (greedy CTC) | 119.8% | 24.2% |" in card
+    model = StableCodecModel.from_pretrained(folder)
+    assert model.config.sliding_window == [15, 16] and 5e6 < sum(p.numel() for p in model.parameters()) < 6e6
