@@ -22,6 +22,20 @@ CLAMP = 1e-5
 PESQ_SAMPLING_RATE = 16000  # wideband PESQ (P.862.2) is defined at 16 kHz only
 
 
+
+def slaney_mel_filters(window_length: int, bands: int, sampling_rate: float) -> torch.Tensor:
+    """(bands, window_length // 2 + 1) Slaney mel filters from 0 Hz to Nyquist, as float64 (transformers' filters)."""
+    filters = mel_filter_bank(
+        num_frequency_bins=window_length // 2 + 1,
+        num_mel_filters=bands,
+        min_frequency=0.0,
+        max_frequency=sampling_rate / 2,
+        sampling_rate=sampling_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return torch.from_numpy(filters).T
+
 def _check_pair(prediction, reference) -> tuple[np.ndarray, np.ndarray]:
     prediction, reference = np.asarray(prediction, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     for name, signal in (("prediction", prediction), ("reference", reference)):
@@ -103,17 +117,7 @@ def mel_distance(prediction, reference, sampling_rate: int) -> float:
     _check_stft_length(prediction.size)
     total = 0.0
     for length, bands in zip(WINDOW_LENGTHS, MEL_BANDS):
-        filters = torch.from_numpy(
-            mel_filter_bank(
-                num_frequency_bins=length // 2 + 1,
-                num_mel_filters=bands,
-                min_frequency=0.0,
-                max_frequency=sampling_rate / 2,
-                sampling_rate=sampling_rate,
-                norm="slaney",
-                mel_scale="slaney",
-            )
-        ).T  # (bands, frequencies)
+        filters = slaney_mel_filters(length, bands, sampling_rate)
         total += _spectral_distance(
             filters @ _magnitudes(prediction, length), filters @ _magnitudes(reference, length)
         )

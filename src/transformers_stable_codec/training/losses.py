@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers.audio_utils import mel_filter_bank
+from ..metrics.functional import slaney_mel_filters
 
 
 def _magnitudes(audio: torch.Tensor, n_fft: int, hop_length: int, win_length: int) -> torch.Tensor:
@@ -73,16 +73,8 @@ class MultiResolutionMelLoss(nn.Module):
         self.window_lengths = list(window_lengths)
         self.pow, self.log_weight, self.mag_weight, self.clamp_eps = pow, log_weight, mag_weight, clamp_eps
         for index, (mels, window) in enumerate(zip(n_mels, window_lengths)):
-            filters = mel_filter_bank(
-                num_frequency_bins=window // 2 + 1,
-                num_mel_filters=mels,
-                min_frequency=0.0,
-                max_frequency=sample_rate / 2,
-                sampling_rate=sample_rate,
-                norm="slaney",
-                mel_scale="slaney",
-            )
-            self.register_buffer(f"filters_{index}", torch.from_numpy(filters).float().T.contiguous(), persistent=False)
+            filters = slaney_mel_filters(window, mels, sample_rate)
+            self.register_buffer(f"filters_{index}", filters.float().contiguous(), persistent=False)
 
     def forward(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         total = predicted.new_zeros((), dtype=torch.float32)
