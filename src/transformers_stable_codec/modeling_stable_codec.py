@@ -137,8 +137,9 @@ class LocalAttentionBlocks:
 
     @classmethod
     def for_sequence(cls, num_frames: int, left: int, right: int) -> "LocalAttentionBlocks | None":
-        """Blocks of about twice the window, when the sequence is long enough for them to save work."""
-        block_size = 2 * 64 * math.ceil((left + right + 1) / 64)
+        """Blocks of about the window's size (in multiples of 64 frames, the kernels' tile), when the sequence is long
+        enough for them to save work: a query then meets `block_size + left + right` keys instead of all frames."""
+        block_size = 64 * math.ceil((left + right + 1) / 64)
         return cls(num_frames, block_size, left, right) if num_frames > block_size + left + right else None
 
     @property
@@ -405,6 +406,10 @@ class StableCodecTransformer(nn.Module):
             encoder_hidden_states=keys,
             and_mask_function=mask_function,
         )
+        if implementation == "sdpa" and attention_mask is not None and attention_mask.dtype == torch.bool:
+            # sdpa turns a boolean mask into an additive bias on every call; every layer of the stage shares one.
+            bias = torch.zeros(attention_mask.shape, dtype=hidden_states.dtype, device=hidden_states.device)
+            attention_mask = bias.masked_fill_(~attention_mask, torch.finfo(hidden_states.dtype).min)
         return StableCodecAttentionLayout(attention_mask, blocks, frame_is_valid)
 
 
@@ -829,7 +834,8 @@ class StableCodecModel(StableCodecPreTrainedModel):
                 frames_valid = None  # no padding frame anywhere: skip the masking work
         if num_frames * self.hop_length != num_samples:
             input_values = nn.functional.pad(input_values, (0, num_frames * self.hop_length - num_samples))
-        return self.encoder(input_values, frames_valid), frames_valid
+        # Feature extractors give float32 audio; a model loaded in bfloat16 computes in bfloat16.
+        return self.encoder(input_values.to(self.dtype), frames_valid), frames_valid
 
     @can_return_tuple
     def encode(
