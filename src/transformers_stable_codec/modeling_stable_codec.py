@@ -454,6 +454,28 @@ class StableCodecDecoderStage(nn.Module):
         return hidden_states
 
 
+def input_span(steps: Sequence[nn.Module], first: int, last: int) -> tuple[int, int]:
+    """The span of input frames on which output frames `first` to `last` of `steps` (applied in order) depend.
+
+    Walks the steps backwards: a convolution output `o` reads inputs `o * stride - padding` plus its dilated kernel,
+    a transposed convolution output `o` is written by the inputs `i` with `o = i * stride - padding + tap`, and every
+    transformer layer reaches `left` frames back and `right` ahead (the sliding window). Nothing else mixes frames."""
+    for step in reversed(steps):
+        if isinstance(step, (nn.Conv1d, nn.ConvTranspose1d)):
+            stride, padding = step.stride[0], step.padding[0]
+            reach = step.dilation[0] * (step.kernel_size[0] - 1)
+            if isinstance(step, nn.Conv1d):
+                first, last = first * stride - padding, last * stride - padding + reach
+            else:
+                first, last = -((reach - padding - first) // stride), (last + padding) // stride
+        elif isinstance(step, StableCodecTransformer):
+            left, right = step.config.sliding_window
+            first, last = first - left * len(step.layers), last + right * len(step.layers)
+        else:
+            raise TypeError(f"No receptive field rule for {type(step).__name__}.")
+    return first, last
+
+
 def frame_masks(frames_valid: torch.Tensor | None, lengths: Sequence[int], factors: Sequence[int]) -> list:
     """Boolean (batch, length) masks of the frames that hold audio at each resolution; `factors` give how many
     frames of that resolution one latent frame spans. None when nothing is padded."""
@@ -483,6 +505,15 @@ class StableCodecEncoder(nn.Module):
         self.output_conv = weight_normed(nn.Conv1d(widths[-1], config.latent_dim, kernel_size=3, padding=1))
         # Frames of each stage that one latent frame spans (the patch level first).
         self.frames_per_latent = [math.prod(config.strides[index:]) for index in range(len(config.strides) + 1)]
+
+    def receptive_field(self) -> tuple[int, int]:
+        """`(left, right)`: latent frame `k` depends on the audio of latent frames `k - left` to `k + right`."""
+        steps = [self.input_conv]
+        for stage in self.stages:
+            steps += [step for step in (stage.downsample, stage.transformer) if step is not None]
+        first_patch, last_patch = input_span(steps + [self.output_conv], 0, 0)
+        patches_per_latent = self.frames_per_latent[0]
+        return -(first_patch // patches_per_latent), last_patch // patches_per_latent
 
     def forward(self, input_values: torch.Tensor, frames_valid: torch.Tensor | None = None) -> torch.Tensor:
         batch_size, _, num_samples = input_values.shape
@@ -515,6 +546,14 @@ class StableCodecDecoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.output_conv = weight_normed(nn.Conv1d(widths[0], config.patch_size, kernel_size=7, padding=3, bias=False))
         self.frames_per_latent = [math.prod(config.strides[index:]) for index in range(len(config.strides) + 1)][::-1]
+
+    def receptive_field(self) -> tuple[int, int]:
+        """`(left, right)`: the audio of latent frame `k` depends on latent frames `k - left` to `k + right`."""
+        steps = [self.input_conv]
+        for stage in self.stages:
+            steps += [step for step in (stage.transformer, stage.upsample) if step is not None]
+        first, last = input_span(steps + [self.output_conv], 0, self.frames_per_latent[-1] - 1)
+        return -first, last
 
     def forward(self, latents: torch.Tensor, frames_valid: torch.Tensor | None = None) -> torch.Tensor:
         lengths = [latents.shape[-1] * factor for factor in self.frames_per_latent]
@@ -730,6 +769,18 @@ class StableCodecModel(StableCodecPreTrainedModel):
     @property
     def frame_rate(self) -> float:
         return self.config.frame_rate
+
+    @property
+    def encoder_receptive_field(self) -> tuple[int, int]:
+        """`(left, right)` in latent frames: the latents of frame `k` depend on the audio of frames `k - left` to
+        `k + right` and on nothing else. (1326, 1347), about 54 s each side, for the paper-scale model."""
+        return self.encoder.receptive_field()
+
+    @property
+    def decoder_receptive_field(self) -> tuple[int, int]:
+        """`(left, right)` in latent frames: the audio of frame `k` depends on the latents of frames `k - left` to
+        `k + right` and on nothing else. (1326, 1347) for the paper-scale model."""
+        return self.decoder.receptive_field()
 
     def codebook_sizes(self, posthoc_bottleneck: PosthocBottleneck = None) -> list[int]:
         """Distinct values of each token of a frame, for the given bottleneck."""
