@@ -1,12 +1,26 @@
-"""Long-form coding: the receptive field."""
+"""Long-form coding: the receptive field, and chunked encode/decode that equals the unchunked model."""
+
+import math
 
 import pytest
 import torch
+from transformers.utils import logging
 
 from transformers_stable_codec import StableCodecConfig, StableCodecModel
 
 from .conftest import randomize_, tiny_config
 from .test_modeling import speechlike
+
+
+@pytest.fixture(scope="module")
+def chunk_model() -> StableCodecModel:
+    """Receptive field (8, 9) frames, so that 0.4 s chunks of a 3 s clip need context on both sides. Linear weights
+    are larger than the default, so that the outermost frames of the field move the output well above float32
+    noise: with a context one frame short on either side, the chunked results below miss the unchunked ones by
+    4e-4 or more (latents, relative) and 1e-3 or more (audio), against 1e-6 with the full context."""
+    torch.manual_seed(0)
+    config = tiny_config(transformer_depths=[1, 1], sliding_window=[3, 4], initializer_range=0.05)
+    return randomize_(StableCodecModel(config)).eval()
 
 
 # --- receptive field ----------------------------------------------------------------------------------------------
@@ -58,3 +72,99 @@ def test_receptive_field_is_exact(overrides):
     with torch.no_grad():
         reached = changed_frames(model.decoder(latents), model.decoder(perturbed), hop)
     assert (int(reached.min()), int(reached.max())) == (frame - right, frame + left)
+
+
+# --- chunked encode and decode ------------------------------------------------------------------------------------
+
+
+def padded_batch(seconds: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    num_samples = int(16000 * max(seconds))
+    audio = speechlike(len(seconds), max(seconds))
+    padding_mask = (torch.arange(num_samples)[None, :] < torch.tensor([int(16000 * s) for s in seconds])[:, None]).long()
+    return audio * padding_mask[:, None, :], padding_mask
+
+
+def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+@pytest.mark.parametrize("posthoc_bottleneck", [None, "2x15625_700bps"])
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded-batch"])
+def test_chunked_coding_equals_unchunked(chunk_model, posthoc_bottleneck, padded):
+    # Lengths that are no multiple of the chunk (10 frames) nor of the hop; one clip ends inside a chunk's context.
+    audio, padding_mask = padded_batch((3.01, 1.93, 0.55)) if padded else (speechlike(2, 3.01), None)
+    with torch.no_grad():
+        whole = chunk_model.encode(audio, padding_mask, posthoc_bottleneck)
+        chunked = chunk_model.encode(audio, padding_mask, posthoc_bottleneck, chunk_length_s=0.4)
+        assert torch.equal(chunked.audio_codes, whole.audio_codes)
+        assert max_relative_error(chunked.latents, whole.latents) < 1e-5
+        if padded:
+            assert torch.equal(chunked.audio_codes_mask, whole.audio_codes_mask)
+
+        decode = dict(posthoc_bottleneck=posthoc_bottleneck, audio_codes_mask=whole.audio_codes_mask)
+        expected = chunk_model.decode(whole.audio_codes, **decode).audio_values
+        actual = chunk_model.decode(whole.audio_codes, chunk_length_s=0.4, **decode).audio_values
+    assert actual.shape == expected.shape
+    assert float((actual - expected).abs().max()) < 1e-4
+
+
+def test_chunked_forward_equals_unchunked(chunk_model):
+    audio = speechlike(1, 2.5)
+    with torch.no_grad():
+        whole = chunk_model(audio, posthoc_bottleneck="4x729_1000bps")
+        chunked = chunk_model(audio, posthoc_bottleneck="4x729_1000bps", chunk_length_s=0.6)
+    assert torch.equal(chunked.audio_codes, whole.audio_codes)
+    assert max_relative_error(chunked.latents, whole.latents) < 1e-5
+    assert float((chunked.audio_values - whole.audio_values).abs().max()) < 1e-4
+
+
+def test_one_chunk_is_the_unchunked_computation(chunk_model):
+    audio = speechlike(1, 1.0)
+    with torch.no_grad():
+        whole = chunk_model.encode(audio)
+        for chunk_length_s in (1.0, 60, math.inf):
+            chunked = chunk_model.encode(audio, chunk_length_s=chunk_length_s)
+            assert torch.equal(chunked.latents, whole.latents)
+
+
+def test_no_coder_call_sees_more_than_a_chunk_and_its_context(chunk_model):
+    """What bounds memory: every encoder and decoder call gets at most chunk + left + right frames."""
+    frames_seen = {"encoder": [], "decoder": []}
+    hooks = [
+        chunk_model.encoder.register_forward_hook(lambda m, args, out: frames_seen["encoder"].append(out.shape[-1])),
+        chunk_model.decoder.register_forward_pre_hook(lambda m, args: frames_seen["decoder"].append(args[0].shape[-1])),
+    ]
+    try:
+        with torch.no_grad():
+            codes = chunk_model.encode(speechlike(1, 3.0), chunk_length_s=0.2).audio_codes  # 75 frames, chunks of 5
+            chunk_model.decode(codes, chunk_length_s=0.2)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name in ("encoder", "decoder"):
+        left, right = getattr(chunk_model, f"{name}_receptive_field")
+        assert len(frames_seen[name]) == 15
+        assert max(frames_seen[name]) == 5 + left + right
+
+
+@pytest.mark.parametrize("chunk_length_s", [0, -1.0, 0.02, float("nan"), "10", True])
+def test_bad_chunk_length_raises(chunk_model, chunk_length_s):
+    codes = torch.zeros(1, 1, 10, dtype=torch.long)
+    with pytest.raises(ValueError, match="chunk_length_s"):
+        chunk_model.encode(speechlike(1, 0.4), chunk_length_s=chunk_length_s)
+    with pytest.raises(ValueError, match="chunk_length_s"):
+        chunk_model.decode(codes, chunk_length_s=chunk_length_s)
+
+
+def test_progress_bar_only_at_info_verbosity(chunk_model, capsys):
+    audio = speechlike(1, 1.0)
+    verbosity = logging.get_verbosity()
+    try:
+        with torch.no_grad():
+            chunk_model.encode(audio, chunk_length_s=0.2)
+            assert "encoding" not in capsys.readouterr().err
+            logging.set_verbosity_info()
+            chunk_model.encode(audio, chunk_length_s=0.2)
+            assert "encoding" in capsys.readouterr().err
+    finally:
+        logging.set_verbosity(verbosity)

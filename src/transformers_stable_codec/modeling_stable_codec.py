@@ -5,6 +5,7 @@ bottlenecks, then the pretrained-model base and the model itself.
 """
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedAudioTokenizerBase
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecConfig
 
@@ -487,6 +488,40 @@ def frame_masks(frames_valid: torch.Tensor | None, lengths: Sequence[int], facto
     ]
 
 
+def run_in_chunks(
+    coder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    inputs: torch.Tensor,
+    frames_valid: torch.Tensor | None,
+    chunk_frames: int,
+    context: tuple[int, int],
+    steps_per_frame: tuple[int, int],
+    description: str,
+) -> torch.Tensor:
+    """`coder(inputs, frames_valid)` computed on chunks of `chunk_frames` latent frames, each read together with
+    `context = (left, right)` latent frames around it (fewer at the signal's ends), of which only the chunk's own
+    frames of output are kept. `steps_per_frame` gives the input and output steps (samples or latent frames) of one
+    latent frame. With a context of at least the coder's receptive field, the result is the unchunked one up to float
+    rounding, while the coder never holds more than `chunk_frames + left + right` frames of activations."""
+    steps_in, steps_out = steps_per_frame
+    num_frames = inputs.shape[-1] // steps_in
+    left, right = context
+    starts = range(0, num_frames, chunk_frames)
+    # transformers' models keep quiet in forward: the bar shows only at verbosity INFO or more.
+    quiet = len(starts) == 1 or logging.get_verbosity() > logging.INFO
+    outputs = []
+    for start in logging.tqdm(starts, desc=description, unit="chunk", disable=quiet):
+        stop = min(start + chunk_frames, num_frames)
+        first, last = max(0, start - left), min(num_frames, stop + right)
+        chunk_valid = None
+        if frames_valid is not None:
+            chunk_valid = (frames_valid - first).clamp(0, last - first)
+            if int(chunk_valid.min()) == last - first:
+                chunk_valid = None  # no padding in this chunk
+        output = coder(inputs[..., first * steps_in : last * steps_in], chunk_valid)
+        outputs.append(output[..., (start - first) * steps_out : (stop - first) * steps_out])
+    return torch.cat(outputs, dim=-1)
+
+
 class StableCodecEncoder(nn.Module):
     """Waveform `(batch, 1, samples)` to pre-bottleneck latents `(batch, latent_dim, frames)`."""
 
@@ -863,9 +898,34 @@ class StableCodecModel(StableCodecPreTrainedModel):
                     f"([0, {size - 1}]). Decode with the bottleneck the codes were encoded with."
                 )
 
+    def _chunk_frames(self, chunk_length_s: float | None) -> int | None:
+        """Latent frames per chunk (rounded down), or None for no chunking."""
+        if chunk_length_s is None:
+            return None
+        if isinstance(chunk_length_s, bool) or not isinstance(chunk_length_s, numbers.Real) or not chunk_length_s > 0:
+            raise ValueError(f"`chunk_length_s` must be a positive number of seconds or None, got {chunk_length_s!r}.")
+        frames = float(chunk_length_s) * self.frame_rate
+        if math.isinf(frames):
+            return None
+        if frames < 1 - 1e-9:
+            raise ValueError(
+                f"`chunk_length_s` = {chunk_length_s} s is shorter than one latent frame ({1 / self.frame_rate} s); "
+                "chunks are whole frames."
+            )
+        return math.floor(frames + 1e-9)
+
     # Encode, decode, forward -----------------------------------------------------------------------------------
 
-    def _encode_latents(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None):
+    def _run_coder(self, coder: nn.Module, inputs: torch.Tensor, frames_valid: torch.Tensor | None, chunk_frames: int | None):
+        """The encoder or decoder on the whole signal, or chunk by chunk with its receptive field as context."""
+        if chunk_frames is None:
+            return coder(inputs, frames_valid)
+        is_encoder = coder is self.encoder
+        steps_per_frame = (self.hop_length, 1) if is_encoder else (1, self.hop_length)
+        description = "encoding" if is_encoder else "decoding"
+        return run_in_chunks(coder, inputs, frames_valid, chunk_frames, coder.receptive_field(), steps_per_frame, description)
+
+    def _encode_latents(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None, chunk_frames: int | None):
         """Pads to whole latent frames, runs the encoder; returns latents and the per-clip count of real frames."""
         num_samples = input_values.shape[-1]
         num_frames = -(-num_samples // self.hop_length)
@@ -880,7 +940,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
                 frames_valid = None  # no padding frame anywhere: skip the masking work
         if num_frames * self.hop_length != num_samples:
             input_values = nn.functional.pad(input_values, (0, num_frames * self.hop_length - num_samples))
-        return self.encoder(input_values, frames_valid), frames_valid
+        return self._run_coder(self.encoder, input_values, frames_valid, chunk_frames), frames_valid
 
     @can_return_tuple
     def encode(
@@ -888,6 +948,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
         input_values: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
         posthoc_bottleneck: PosthocBottleneck = None,
+        chunk_length_s: float | None = None,
         return_dict: bool | None = None,
     ) -> StableCodecEncoderOutput:
         r"""
@@ -903,9 +964,18 @@ class StableCodecModel(StableCodecPreTrainedModel):
                 attention so that every clip gets the codes it would get alone.
             posthoc_bottleneck (`str` or list of `(levels, scale)`, *optional*):
                 None for the training-time FSQ, else a preset name or explicit stages of the residual FSQ.
+            chunk_length_s (`float`, *optional*):
+                For long audio: encode chunks of this many seconds (rounded down to whole latent frames), each
+                together with `encoder_receptive_field` frames of audio on either side (about 54 s for the
+                paper-scale model; less at the ends of the signal), keeping each chunk's own frames. The latents
+                equal the unchunked ones up to float rounding, while activation memory is bounded by the chunk
+                length instead of the signal length; compute grows by `(chunk + left + right) / chunk`. None
+                (default) encodes the whole signal at once. A progress bar shows at `transformers` logging
+                verbosity INFO.
         """
         padding_mask = self._check_audio(input_values, padding_mask)
-        latents, frames_valid = self._encode_latents(input_values, padding_mask)
+        chunk_frames = self._chunk_frames(chunk_length_s)
+        latents, frames_valid = self._encode_latents(input_values, padding_mask, chunk_frames)
         _, audio_codes = self._bottleneck(posthoc_bottleneck)(latents)
         return StableCodecEncoderOutput(
             audio_codes=audio_codes,
@@ -926,6 +996,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
         audio_codes: torch.Tensor,
         posthoc_bottleneck: PosthocBottleneck = None,
         audio_codes_mask: torch.Tensor | None = None,
+        chunk_length_s: float | None = None,
         return_dict: bool | None = None,
     ) -> StableCodecDecoderOutput:
         r"""
@@ -939,12 +1010,20 @@ class StableCodecModel(StableCodecPreTrainedModel):
             audio_codes_mask (`torch.Tensor` of shape `(batch_size, frames)`, *optional*):
                 1 for frames of audio, 0 for padding frames (from `encode`); padding frames are kept out of
                 attention and their samples are zeroed.
+            chunk_length_s (`float`, *optional*):
+                For long audio: decode chunks of this many seconds (rounded down to whole latent frames), each
+                together with `decoder_receptive_field` frames of codes on either side, keeping each chunk's own
+                audio; equal to the unchunked audio up to float rounding, with activation memory bounded by the
+                chunk length (see `encode`).
         """
         self._check_codes(audio_codes, posthoc_bottleneck)
+        chunk_frames = self._chunk_frames(chunk_length_s)
         latents = self._bottleneck(posthoc_bottleneck).decode(audio_codes)
-        return StableCodecDecoderOutput(audio_values=self._decode_latents(latents, audio_codes_mask))
+        return StableCodecDecoderOutput(audio_values=self._decode_latents(latents, audio_codes_mask, chunk_frames))
 
-    def _decode_latents(self, quantized_latents: torch.Tensor, audio_codes_mask: torch.Tensor | None) -> torch.Tensor:
+    def _decode_latents(
+        self, quantized_latents: torch.Tensor, audio_codes_mask: torch.Tensor | None, chunk_frames: int | None
+    ) -> torch.Tensor:
         frames_valid = None
         if audio_codes_mask is not None:
             if audio_codes_mask.shape != (quantized_latents.shape[0], quantized_latents.shape[-1]):
@@ -955,7 +1034,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
             frames_valid = audio_codes_mask.long().sum(dim=-1)
             if not torch.compiler.is_compiling() and int(frames_valid.min()) == quantized_latents.shape[-1]:
                 frames_valid = None
-        return self.decoder(quantized_latents.to(self.dtype), frames_valid)
+        return self._run_coder(self.decoder, quantized_latents.to(self.dtype), frames_valid, chunk_frames)
 
     @can_return_tuple
     def forward(
@@ -963,6 +1042,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
         input_values: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
         posthoc_bottleneck: PosthocBottleneck = None,
+        chunk_length_s: float | None = None,
         return_dict: bool | None = None,
     ) -> StableCodecOutput:
         r"""
@@ -976,6 +1056,9 @@ class StableCodecModel(StableCodecPreTrainedModel):
                 1 for real samples, 0 for padding.
             posthoc_bottleneck (`str` or list of `(levels, scale)`, *optional*):
                 None for the training-time FSQ, else a preset name or explicit residual FSQ stages.
+            chunk_length_s (`float`, *optional*):
+                Encode and decode in chunks of this many seconds, each with its receptive field as context (see
+                `encode`): for long audio at inference.
 
         Example:
 
@@ -991,9 +1074,11 @@ class StableCodecModel(StableCodecPreTrainedModel):
         ```
         """
         padding_mask = self._check_audio(input_values, padding_mask)
-        latents, frames_valid = self._encode_latents(input_values, padding_mask)
+        chunk_frames = self._chunk_frames(chunk_length_s)
+        latents, frames_valid = self._encode_latents(input_values, padding_mask, chunk_frames)
         quantized_latents, audio_codes = self._bottleneck(posthoc_bottleneck)(latents)
-        audio_values = self.decoder(quantized_latents, frames_valid)[..., : input_values.shape[-1]]
+        audio_values = self._run_coder(self.decoder, quantized_latents, frames_valid, chunk_frames)
+        audio_values = audio_values[..., : input_values.shape[-1]]
         return StableCodecOutput(
             audio_values=audio_values,
             audio_codes=audio_codes,
