@@ -92,10 +92,15 @@ class StableCodecRotaryEmbedding(nn.Module):
 
     @torch.no_grad()
     def forward(self, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.arange(num_frames, device=self.inv_freq.device, dtype=torch.float32)
-        angles = torch.outer(positions, self.inv_freq)
+        """float32 cos and sin of the angles `position * inv_freq`, each `(num_frames, rotary_dim)`.
+
+        The angles are computed in float64 (exact products of the float32 frequencies), unlike the original's
+        float32: a float32 angle near 1.8e5 rad (an hour at 50 Hz) is resolved only to 0.016 rad, so rotations would
+        drift with absolute position, and long signals would lose accuracy that chunked coding keeps."""
+        positions = torch.arange(num_frames, device=self.inv_freq.device, dtype=torch.float64)
+        angles = torch.outer(positions, self.inv_freq.double())
         angles = torch.cat((angles, angles), dim=-1)
-        return angles.cos(), angles.sin()
+        return angles.cos().float(), angles.sin().float()
 
 
 def rotate_half(states: torch.Tensor) -> torch.Tensor:
