@@ -7,18 +7,26 @@ import torch
 from transformers.utils import logging
 
 from transformers_stable_codec import StableCodecConfig, StableCodecModel
-from transformers_stable_codec.modeling_stable_codec import StableCodecRotaryEmbedding, apply_partial_rotary_pos_emb
+from transformers_stable_codec.modeling_stable_codec import (
+    StableCodecRotaryEmbedding,
+    apply_partial_rotary_pos_emb,
+    run_in_chunks,
+)
 
 from .conftest import randomize_, tiny_config
 from .test_modeling import speechlike
+
+
+def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max())
 
 
 @pytest.fixture(scope="module")
 def chunk_model() -> StableCodecModel:
     """Receptive field (8, 9) frames, so that 0.4 s chunks of a 3 s clip need context on both sides. Linear weights
     are larger than the default, so that the outermost frames of the field move the output well above float32
-    noise: with a context one frame short on either side, the chunked results below miss the unchunked ones by
-    4e-4 or more (latents, relative) and 1e-3 or more (audio), against 1e-6 with the full context."""
+    noise: with a context one frame short on either side, chunked outputs miss the whole-signal ones by 4.7e-4 or
+    more of their largest value, against 1e-6 with the full context (see test_the_whole_receptive_field_is_needed)."""
     torch.manual_seed(0)
     config = tiny_config(transformer_depths=[1, 1], sliding_window=[3, 4], initializer_range=0.05)
     return randomize_(StableCodecModel(config)).eval()
@@ -101,14 +109,11 @@ def padded_batch(seconds: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor
     return audio * padding_mask[:, None, :], padding_mask
 
 
-def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).abs().max() / expected.abs().max())
-
-
 @pytest.mark.parametrize("posthoc_bottleneck", [None, "2x15625_700bps"])
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "padded-batch"])
 def test_chunked_coding_equals_unchunked(chunk_model, posthoc_bottleneck, padded):
-    # Lengths that are no multiple of the chunk (10 frames) nor of the hop; one clip ends inside a chunk's context.
+    # Lengths that are no multiple of the chunk (10 frames) nor of the hop; the clips of the batch end in different
+    # chunks, so that chunks hold full, partly padded and only padded clips.
     audio, padding_mask = padded_batch((3.01, 1.93, 0.55)) if padded else (speechlike(2, 3.01), None)
     with torch.no_grad():
         whole = chunk_model.encode(audio, padding_mask, posthoc_bottleneck)
@@ -123,6 +128,27 @@ def test_chunked_coding_equals_unchunked(chunk_model, posthoc_bottleneck, padded
         actual = chunk_model.decode(whole.audio_codes, chunk_length_s=0.4, **decode).audio_values
     assert actual.shape == expected.shape
     assert float((actual - expected).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("coder_name", ["encoder", "decoder"])
+def test_the_whole_receptive_field_is_needed(chunk_model, coder_name):
+    """With the receptive field as context, chunks give the whole-signal output; with one frame less on either side
+    they miss it by far more than the tolerances above, so the equality tests can fail."""
+    audio = speechlike(1, 3.0)
+    with torch.no_grad():
+        if coder_name == "encoder":
+            coder, inputs, steps_per_frame = chunk_model.encoder, audio, (chunk_model.hop_length, 1)
+        else:
+            coder, inputs, steps_per_frame = chunk_model.decoder, chunk_model(audio).quantized_latents, (1, chunk_model.hop_length)
+        whole = coder(inputs, None)
+        left, right = coder.receptive_field()
+
+        def chunked(context):
+            return run_in_chunks(coder, inputs, None, 10, context, steps_per_frame, coder_name)
+
+        assert max_relative_error(chunked((left, right)), whole) < 1e-5
+        assert max_relative_error(chunked((left - 1, right)), whole) > 1e-4
+        assert max_relative_error(chunked((left, right - 1)), whole) > 1e-4
 
 
 def test_chunked_forward_equals_unchunked(chunk_model):
