@@ -201,7 +201,7 @@ def test_mismatched_codes_files_are_reported(tmp_path, speech_files, tiny_model_
         return path
 
     half_hop = tmp_path / "half_hop_model"
-    StableCodecModel(tiny_config(strides=[1, 1])).save_pretrained(half_hop)
+    StableCodecModel(tiny_config(channel_multipliers=[1, 1], strides=[1, 1])).save_pretrained(half_hop)
     cases = [
         (variant("other_bottleneck", bottleneck="4x729_1000bps"), [], "do not fit the model"),
         (variant("unknown_bottleneck", bottleneck="8x3_bps"), [], "unknown bottleneck '8x3_bps'"),

@@ -47,6 +47,8 @@ def test_paper_scale_parameter_count():
         (dict(fsq_levels=[17] * 5), "one level count per latent channel"),
         (dict(fsq_levels=[1] * 6), "at least 2 levels"),
         (dict(patch_size=0), "patch_size"),
+        (dict(strides=[1, 3]), "strides must be even"),
+        (dict(channel_multipliers=[1, 2], strides=[1, 1]), "strides must be even, or 1 with the width"),
     ],
 )
 def test_invalid_config_raises_naming_the_field(overrides, message):
@@ -112,7 +114,7 @@ def test_attention_is_exactly_the_asymmetric_window(implementation):
         qkv = attention_module.qkv_proj(normed).view(2, 40, 3, 2, 128)
         query, key, value = qkv.transpose(1, 3).unbind(2)
         query, key = attention_module.q_norm(query), attention_module.k_norm(key)
-        cos, sin = transformer.rotary_emb(40)
+        cos, sin = transformer.rotary_emb(40, hidden.device)
         from transformers_stable_codec.modeling_stable_codec import apply_partial_rotary_pos_emb
 
         query, key = apply_partial_rotary_pos_emb(query, cos, sin), apply_partial_rotary_pos_emb(key, cos, sin)
@@ -126,7 +128,7 @@ def test_rope_rotates_only_the_leading_channels_and_depends_on_relative_position
     from transformers_stable_codec.modeling_stable_codec import StableCodecRotaryEmbedding, apply_partial_rotary_pos_emb
 
     rope = StableCodecRotaryEmbedding(tiny_config())
-    cos, sin = rope(12)
+    cos, sin = rope(12, torch.device("cpu"))
     assert cos.shape == (12, 64)
     query, key = torch.randn(1, 1, 1, 128), torch.randn(1, 1, 1, 128)
     rotated_q = apply_partial_rotary_pos_emb(query.expand(1, 1, 12, 128), cos, sin)
@@ -135,6 +137,14 @@ def test_rope_rotates_only_the_leading_channels_and_depends_on_relative_position
     scores = rotated_q[0, 0] @ rotated_k[0, 0].T
     # A score depends only on the distance between positions: compare (i, j) with (i + 3, j + 3).
     assert torch.allclose(scores[2, 5], scores[5, 8], atol=1e-5) and not torch.allclose(scores[2, 5], scores[2, 6])
+
+
+def test_bfloat16_model_keeps_float32_rope_frequencies(tiny_model):
+    model_bf16 = StableCodecModel(tiny_model.config).to(torch.bfloat16)
+    rope = model_bf16.encoder.stages[1].transformer.rotary_emb
+    cos, _ = rope(200, torch.device("cpu"))
+    reference, _ = StableCodecModel(tiny_model.config).encoder.stages[1].transformer.rotary_emb(200, torch.device("cpu"))
+    assert cos.dtype == torch.float32 and torch.equal(cos, reference)
 
 
 def test_window_changes_the_output():

@@ -106,7 +106,16 @@ class StableCodecConfig(PreTrainedConfig):
             fail(f"`channel_multipliers` and `strides` must be positive, got {self.channel_multipliers}, {self.strides}.")
         if any(depth < 0 for depth in self.transformer_depths):
             fail(f"`transformer_depths` must be non-negative, got {self.transformer_depths}.")
-        for width in self.stage_widths:
+        widths = self.stage_widths
+        for index, (stride, in_width, out_width) in enumerate(zip(self.strides, [widths[0]] + widths[:-1], widths)):
+            # The resampling convolutions (kernel 2 * stride, padding ceil(stride / 2)) invert each other's lengths
+            # only for even strides; the released checkpoints and the paper use strides (1, 2).
+            if (stride > 1 and stride % 2) or (stride == 1 and in_width != out_width):
+                fail(
+                    f"stage {index} has stride {stride} from width {in_width} to {out_width}: strides must be even, "
+                    "or 1 with the width of the stage before, for the decoder to give back the input length."
+                )
+        for width in widths:
             if width % self.head_dim != 0:
                 fail(f"stage width {width} is not a multiple of `head_dim` ({self.head_dim}).")
         if len(self.sliding_window) != 2 or any(size < 0 for size in self.sliding_window):

@@ -5,6 +5,7 @@ bottlenecks, then the pretrained-model base and the model itself.
 """
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedAudioTokenizerBase
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecConfig
 
@@ -83,18 +84,24 @@ class StableCodecRotaryEmbedding(nn.Module):
         super().__init__()
         self.rotary_dim = config.rotary_dim
         self.rope_theta = config.rope_theta
-        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
 
-    def compute_inv_freq(self, device=None) -> torch.Tensor:
+    def inv_freq(self, device=None) -> torch.Tensor:
+        """The original's float32 frequencies. Not a buffer: `model.to(torch.bfloat16)` would round a buffer to
+        bfloat16, turning the rotations by up to 0.1 rad across the window."""
         exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32, device=device) / self.rotary_dim
         return 1.0 / (self.rope_theta**exponents)
 
     @torch.no_grad()
-    def forward(self, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.arange(num_frames, device=self.inv_freq.device, dtype=torch.float32)
-        angles = torch.outer(positions, self.inv_freq)
+    def forward(self, num_frames: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 cos and sin of the angles `position * inv_freq`, each `(num_frames, rotary_dim)`.
+
+        The angles are computed in float64 (exact products of the float32 frequencies), unlike the original's
+        float32: a float32 angle near 1.8e5 rad (an hour at 50 Hz) is resolved only to 0.016 rad, so rotations would
+        drift with absolute position, and long signals would lose accuracy that chunked coding keeps."""
+        positions = torch.arange(num_frames, device=device, dtype=torch.float64)
+        angles = torch.outer(positions, self.inv_freq(device).double())
         angles = torch.cat((angles, angles), dim=-1)
-        return angles.cos(), angles.sin()
+        return angles.cos().float(), angles.sin().float()
 
 
 def rotate_half(states: torch.Tensor) -> torch.Tensor:
@@ -376,7 +383,7 @@ class StableCodecTransformer(nn.Module):
         if len(self.layers) == 0:
             return hidden_states
         hidden_states = hidden_states.transpose(1, 2)
-        position_embeddings = self.rotary_emb(hidden_states.shape[1])
+        position_embeddings = self.rotary_emb(hidden_states.shape[1], hidden_states.device)
         layout = self.attention_layout(hidden_states, frame_is_valid)
         for layer in self.layers:
             hidden_states = layer(hidden_states, position_embeddings, layout)
@@ -459,6 +466,28 @@ class StableCodecDecoderStage(nn.Module):
         return hidden_states
 
 
+def input_span(steps: Sequence[nn.Module], first: int, last: int) -> tuple[int, int]:
+    """The span of input frames on which output frames `first` to `last` of `steps` (applied in order) depend.
+
+    Walks the steps backwards: a convolution output `o` reads inputs `o * stride - padding` plus its dilated kernel,
+    a transposed convolution output `o` is written by the inputs `i` with `o = i * stride - padding + tap`, and every
+    transformer layer reaches `left` frames back and `right` ahead (the sliding window). Nothing else mixes frames."""
+    for step in reversed(steps):
+        if isinstance(step, (nn.Conv1d, nn.ConvTranspose1d)):
+            stride, padding = step.stride[0], step.padding[0]
+            reach = step.dilation[0] * (step.kernel_size[0] - 1)
+            if isinstance(step, nn.Conv1d):
+                first, last = first * stride - padding, last * stride - padding + reach
+            else:
+                first, last = -((reach - padding - first) // stride), (last + padding) // stride
+        elif isinstance(step, StableCodecTransformer):
+            left, right = step.config.sliding_window
+            first, last = first - left * len(step.layers), last + right * len(step.layers)
+        else:
+            raise TypeError(f"No receptive field rule for {type(step).__name__}.")
+    return first, last
+
+
 def frame_masks(frames_valid: torch.Tensor | None, lengths: Sequence[int], factors: Sequence[int]) -> list:
     """Boolean (batch, length) masks of the frames that hold audio at each resolution; `factors` give how many
     frames of that resolution one latent frame spans. None when nothing is padded."""
@@ -468,6 +497,40 @@ def frame_masks(frames_valid: torch.Tensor | None, lengths: Sequence[int], facto
         torch.arange(length, device=frames_valid.device)[None, :] < (frames_valid[:, None] * factor)
         for length, factor in zip(lengths, factors)
     ]
+
+
+def run_in_chunks(
+    coder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    inputs: torch.Tensor,
+    frames_valid: torch.Tensor | None,
+    chunk_frames: int,
+    context: tuple[int, int],
+    steps_per_frame: tuple[int, int],
+    description: str,
+) -> torch.Tensor:
+    """`coder(inputs, frames_valid)` computed on chunks of `chunk_frames` latent frames, each read together with
+    `context = (left, right)` latent frames around it (fewer at the signal's ends), of which only the chunk's own
+    frames of output are kept. `steps_per_frame` gives the input and output steps (samples or latent frames) of one
+    latent frame. With a context of at least the coder's receptive field, the result is the unchunked one up to float
+    rounding, while the coder never holds more than `chunk_frames + left + right` frames of activations."""
+    steps_in, steps_out = steps_per_frame
+    num_frames = inputs.shape[-1] // steps_in
+    left, right = context
+    starts = range(0, num_frames, chunk_frames)
+    # transformers' models keep quiet in forward: the bar shows only at verbosity INFO or more.
+    quiet = len(starts) == 1 or logging.get_verbosity() > logging.INFO
+    outputs = []
+    for start in logging.tqdm(starts, desc=description, unit="chunk", disable=quiet):
+        stop = min(start + chunk_frames, num_frames)
+        first, last = max(0, start - left), min(num_frames, stop + right)
+        chunk_valid = None
+        if frames_valid is not None:
+            chunk_valid = (frames_valid - first).clamp(0, last - first)
+            if int(chunk_valid.min()) == last - first:
+                chunk_valid = None  # no padding in this chunk
+        output = coder(inputs[..., first * steps_in : last * steps_in], chunk_valid)
+        outputs.append(output[..., (start - first) * steps_out : (stop - first) * steps_out])
+    return torch.cat(outputs, dim=-1)
 
 
 class StableCodecEncoder(nn.Module):
@@ -488,6 +551,15 @@ class StableCodecEncoder(nn.Module):
         self.output_conv = weight_normed(nn.Conv1d(widths[-1], config.latent_dim, kernel_size=3, padding=1))
         # Frames of each stage that one latent frame spans (the patch level first).
         self.frames_per_latent = [math.prod(config.strides[index:]) for index in range(len(config.strides) + 1)]
+
+    def receptive_field(self) -> tuple[int, int]:
+        """`(left, right)`: latent frame `k` depends on the audio of latent frames `k - left` to `k + right`."""
+        steps = [self.input_conv]
+        for stage in self.stages:
+            steps += [step for step in (stage.downsample, stage.transformer) if step is not None]
+        first_patch, last_patch = input_span(steps + [self.output_conv], 0, 0)
+        patches_per_latent = self.frames_per_latent[0]
+        return -(first_patch // patches_per_latent), last_patch // patches_per_latent
 
     def forward(self, input_values: torch.Tensor, frames_valid: torch.Tensor | None = None) -> torch.Tensor:
         batch_size, _, num_samples = input_values.shape
@@ -520,6 +592,14 @@ class StableCodecDecoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.output_conv = weight_normed(nn.Conv1d(widths[0], config.patch_size, kernel_size=7, padding=3, bias=False))
         self.frames_per_latent = [math.prod(config.strides[index:]) for index in range(len(config.strides) + 1)][::-1]
+
+    def receptive_field(self) -> tuple[int, int]:
+        """`(left, right)`: the audio of latent frame `k` depends on latent frames `k - left` to `k + right`."""
+        steps = [self.input_conv]
+        for stage in self.stages:
+            steps += [step for step in (stage.transformer, stage.upsample) if step is not None]
+        first, last = input_span(steps + [self.output_conv], 0, self.frames_per_latent[-1] - 1)
+        return -first, last
 
     def forward(self, latents: torch.Tensor, frames_valid: torch.Tensor | None = None) -> torch.Tensor:
         lengths = [latents.shape[-1] * factor for factor in self.frames_per_latent]
@@ -685,8 +765,6 @@ class StableCodecPreTrainedModel(PreTrainedAudioTokenizerBase):
             init.copy_(module.parametrizations.weight.original0, torch.linalg.vector_norm(direction, dim=(1, 2), keepdim=True))
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, StableCodecRotaryEmbedding):
-            init.copy_(module.inv_freq, module.compute_inv_freq(module.inv_freq.device))
         elif isinstance(module, StableCodecFSQ):
             module.reset_buffers()
 
@@ -735,6 +813,18 @@ class StableCodecModel(StableCodecPreTrainedModel):
     @property
     def frame_rate(self) -> float:
         return self.config.frame_rate
+
+    @property
+    def encoder_receptive_field(self) -> tuple[int, int]:
+        """`(left, right)` in latent frames: the latents of frame `k` depend on the audio of frames `k - left` to
+        `k + right` and on nothing else. (1326, 1347), about 54 s each side, for the paper-scale model."""
+        return self.encoder.receptive_field()
+
+    @property
+    def decoder_receptive_field(self) -> tuple[int, int]:
+        """`(left, right)` in latent frames: the audio of frame `k` depends on the latents of frames `k - left` to
+        `k + right` and on nothing else. (1326, 1347) for the paper-scale model."""
+        return self.decoder.receptive_field()
 
     def codebook_sizes(self, posthoc_bottleneck: PosthocBottleneck = None) -> list[int]:
         """Distinct values of each token of a frame, for the given bottleneck."""
@@ -817,9 +907,34 @@ class StableCodecModel(StableCodecPreTrainedModel):
                     f"([0, {size - 1}]). Decode with the bottleneck the codes were encoded with."
                 )
 
+    def _chunk_frames(self, chunk_length_s: float | None) -> int | None:
+        """Latent frames per chunk (rounded down), or None for no chunking."""
+        if chunk_length_s is None:
+            return None
+        if isinstance(chunk_length_s, bool) or not isinstance(chunk_length_s, numbers.Real) or not chunk_length_s > 0:
+            raise ValueError(f"`chunk_length_s` must be a positive number of seconds or None, got {chunk_length_s!r}.")
+        frames = float(chunk_length_s) * self.frame_rate
+        if math.isinf(frames):
+            return None
+        if frames < 1 - 1e-9:
+            raise ValueError(
+                f"`chunk_length_s` = {chunk_length_s} s is shorter than one latent frame ({1 / self.frame_rate} s); "
+                "chunks are whole frames."
+            )
+        return math.floor(frames + 1e-9)
+
     # Encode, decode, forward -----------------------------------------------------------------------------------
 
-    def _encode_latents(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None):
+    def _run_coder(self, coder: nn.Module, inputs: torch.Tensor, frames_valid: torch.Tensor | None, chunk_frames: int | None):
+        """The encoder or decoder on the whole signal, or chunk by chunk with its receptive field as context."""
+        if chunk_frames is None:
+            return coder(inputs, frames_valid)
+        is_encoder = coder is self.encoder
+        steps_per_frame = (self.hop_length, 1) if is_encoder else (1, self.hop_length)
+        description = "encoding" if is_encoder else "decoding"
+        return run_in_chunks(coder, inputs, frames_valid, chunk_frames, coder.receptive_field(), steps_per_frame, description)
+
+    def _encode_latents(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None, chunk_frames: int | None):
         """Pads to whole latent frames, runs the encoder; returns latents and the per-clip count of real frames."""
         num_samples = input_values.shape[-1]
         num_frames = -(-num_samples // self.hop_length)
@@ -835,7 +950,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
         if num_frames * self.hop_length != num_samples:
             input_values = nn.functional.pad(input_values, (0, num_frames * self.hop_length - num_samples))
         # Feature extractors give float32 audio; a model loaded in bfloat16 computes in bfloat16.
-        return self.encoder(input_values.to(self.dtype), frames_valid), frames_valid
+        return self._run_coder(self.encoder, input_values.to(self.dtype), frames_valid, chunk_frames), frames_valid
 
     @can_return_tuple
     def encode(
@@ -843,6 +958,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
         input_values: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
         posthoc_bottleneck: PosthocBottleneck = None,
+        chunk_length_s: float | None = None,
         return_dict: bool | None = None,
     ) -> StableCodecEncoderOutput:
         r"""
@@ -858,9 +974,18 @@ class StableCodecModel(StableCodecPreTrainedModel):
                 attention so that every clip gets the codes it would get alone.
             posthoc_bottleneck (`str` or list of `(levels, scale)`, *optional*):
                 None for the training-time FSQ, else a preset name or explicit stages of the residual FSQ.
+            chunk_length_s (`float`, *optional*):
+                For long audio: encode chunks of this many seconds (rounded down to whole latent frames), each
+                together with `encoder_receptive_field` frames of audio on either side (about 54 s for the
+                paper-scale model; less at the ends of the signal), keeping each chunk's own frames. The latents
+                equal the unchunked ones up to float rounding, while activation memory is bounded by the chunk
+                length instead of the signal length; compute grows by `(chunk + left + right) / chunk`. None
+                (default) encodes the whole signal at once. A progress bar shows at `transformers` logging
+                verbosity INFO.
         """
         padding_mask = self._check_audio(input_values, padding_mask)
-        latents, frames_valid = self._encode_latents(input_values, padding_mask)
+        chunk_frames = self._chunk_frames(chunk_length_s)
+        latents, frames_valid = self._encode_latents(input_values, padding_mask, chunk_frames)
         _, audio_codes = self._bottleneck(posthoc_bottleneck)(latents)
         return StableCodecEncoderOutput(
             audio_codes=audio_codes,
@@ -881,6 +1006,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
         audio_codes: torch.Tensor,
         posthoc_bottleneck: PosthocBottleneck = None,
         audio_codes_mask: torch.Tensor | None = None,
+        chunk_length_s: float | None = None,
         return_dict: bool | None = None,
     ) -> StableCodecDecoderOutput:
         r"""
@@ -894,12 +1020,20 @@ class StableCodecModel(StableCodecPreTrainedModel):
             audio_codes_mask (`torch.Tensor` of shape `(batch_size, frames)`, *optional*):
                 1 for frames of audio, 0 for padding frames (from `encode`); padding frames are kept out of
                 attention and their samples are zeroed.
+            chunk_length_s (`float`, *optional*):
+                For long audio: decode chunks of this many seconds (rounded down to whole latent frames), each
+                together with `decoder_receptive_field` frames of codes on either side, keeping each chunk's own
+                audio; equal to the unchunked audio up to float rounding, with activation memory bounded by the
+                chunk length (see `encode`).
         """
         self._check_codes(audio_codes, posthoc_bottleneck)
+        chunk_frames = self._chunk_frames(chunk_length_s)
         latents = self._bottleneck(posthoc_bottleneck).decode(audio_codes)
-        return StableCodecDecoderOutput(audio_values=self._decode_latents(latents, audio_codes_mask))
+        return StableCodecDecoderOutput(audio_values=self._decode_latents(latents, audio_codes_mask, chunk_frames))
 
-    def _decode_latents(self, quantized_latents: torch.Tensor, audio_codes_mask: torch.Tensor | None) -> torch.Tensor:
+    def _decode_latents(
+        self, quantized_latents: torch.Tensor, audio_codes_mask: torch.Tensor | None, chunk_frames: int | None
+    ) -> torch.Tensor:
         frames_valid = None
         if audio_codes_mask is not None:
             if audio_codes_mask.shape != (quantized_latents.shape[0], quantized_latents.shape[-1]):
@@ -910,7 +1044,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
             frames_valid = audio_codes_mask.long().sum(dim=-1)
             if not torch.compiler.is_compiling() and int(frames_valid.min()) == quantized_latents.shape[-1]:
                 frames_valid = None
-        return self.decoder(quantized_latents.to(self.dtype), frames_valid)
+        return self._run_coder(self.decoder, quantized_latents.to(self.dtype), frames_valid, chunk_frames)
 
     @can_return_tuple
     def forward(
@@ -918,6 +1052,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
         input_values: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
         posthoc_bottleneck: PosthocBottleneck = None,
+        chunk_length_s: float | None = None,
         return_dict: bool | None = None,
     ) -> StableCodecOutput:
         r"""
@@ -931,6 +1066,9 @@ class StableCodecModel(StableCodecPreTrainedModel):
                 1 for real samples, 0 for padding.
             posthoc_bottleneck (`str` or list of `(levels, scale)`, *optional*):
                 None for the training-time FSQ, else a preset name or explicit residual FSQ stages.
+            chunk_length_s (`float`, *optional*):
+                Encode and decode in chunks of this many seconds, each with its receptive field as context (see
+                `encode`): for long audio at inference.
 
         Example:
 
@@ -946,9 +1084,11 @@ class StableCodecModel(StableCodecPreTrainedModel):
         ```
         """
         padding_mask = self._check_audio(input_values, padding_mask)
-        latents, frames_valid = self._encode_latents(input_values, padding_mask)
+        chunk_frames = self._chunk_frames(chunk_length_s)
+        latents, frames_valid = self._encode_latents(input_values, padding_mask, chunk_frames)
         quantized_latents, audio_codes = self._bottleneck(posthoc_bottleneck)(latents)
-        audio_values = self.decoder(quantized_latents, frames_valid)[..., : input_values.shape[-1]]
+        audio_values = self._run_coder(self.decoder, quantized_latents, frames_valid, chunk_frames)
+        audio_values = audio_values[..., : input_values.shape[-1]]
         return StableCodecOutput(
             audio_values=audio_values,
             audio_codes=audio_codes,
