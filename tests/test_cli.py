@@ -132,6 +132,24 @@ def test_model_options_reach_the_model(tmp_path, speech_files, tiny_model_dir):
     assert not torch.equal(codes, float32)  # bfloat16 did change something: the option was not ignored
 
 
+def test_chunked_coding_gives_the_same_files(tmp_path, speech_files, tiny_model_dir):
+    source = speech_files[0]  # about 3 s: six chunks of 0.5 s
+    for name, extra in (("whole", []), ("chunked", ["--chunk-length-s", "0.5"])):
+        run_cli("encode", source, "--model", tiny_model_dir, *extra, "-o", tmp_path / name)
+        run_cli("decode", tmp_path / name, *extra, "-o", tmp_path / f"{name}_audio")
+    codes = []
+    for name in ("whole", "chunked"):
+        with safe_open(tmp_path / name / f"{source.stem}.codes.safetensors", "pt") as handle:
+            codes.append(handle.get_tensor("audio_codes"))
+    torch.testing.assert_close(codes[0], codes[1], rtol=0, atol=0)
+    whole, _ = soundfile.read(tmp_path / "whole_audio" / f"{source.stem}.wav", dtype="float32")
+    chunked, _ = soundfile.read(tmp_path / "chunked_audio" / f"{source.stem}.wav", dtype="float32")
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-4)
+    # The option reaches the model: a chunk shorter than one frame is refused by it.
+    failed = run_cli("encode", source, "--model", tiny_model_dir, "--chunk-length-s", "0.01", "-o", tmp_path, expect_success=False)
+    assert "chunk_length_s" in failed.stderr
+
+
 def test_reconstruct_prints_bitrate_and_metrics(tmp_path, speech_files):
     source = speech_files[1]
     result = run_cli("reconstruct", source, "-o", tmp_path)  # the default model: the shipped demo model

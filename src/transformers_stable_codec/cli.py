@@ -165,6 +165,7 @@ class Codec:
         self.location = location
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.extractor = load_codec(location, self.device, DTYPES[args.dtype], args.attn_implementation)
+        self.chunk_length_s = args.chunk_length_s
 
     @torch.inference_mode()
     def encode(self, path: pathlib.Path, bottleneck: str | None):
@@ -176,6 +177,7 @@ class Codec:
                 features["input_values"].to(self.device, self.model.dtype),
                 padding_mask=features["padding_mask"].to(self.device),
                 posthoc_bottleneck=bottleneck,
+                chunk_length_s=self.chunk_length_s,
             )
         except ValueError as error:
             raise CliError(f"{path}: {error}") from None
@@ -184,7 +186,9 @@ class Codec:
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor, bottleneck: str | None, num_samples: int) -> np.ndarray:
-        audio = self.model.decode(codes[None].to(self.device), posthoc_bottleneck=bottleneck).audio_values
+        audio = self.model.decode(
+            codes[None].to(self.device), posthoc_bottleneck=bottleneck, chunk_length_s=self.chunk_length_s
+        ).audio_values
         return audio[0, 0, :num_samples].float().cpu().numpy()
 
     def bitrate(self, bottleneck: str | None) -> float:
@@ -376,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
         command.add_argument("--dtype", choices=list(DTYPES), default="float32")
         command.add_argument("--attn-implementation", choices=ATTENTION, default="sdpa")
+        command.add_argument(
+            "--chunk-length-s",
+            type=float,
+            help="code long files in chunks of this many seconds, each with the model's receptive field as context: "
+            "the same output in memory bounded by the chunk (default: whole files)",
+        )
         if output:
             command.add_argument("-o", "--output-dir", required=True, help=f"folder for the {output} files")
         command.set_defaults(run=run)
