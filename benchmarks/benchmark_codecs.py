@@ -224,6 +224,27 @@ def peak_memory_gib(device: torch.device) -> float | None:
     return None
 
 
+def cpu_counters() -> tuple[int, int, int] | None:
+    """(all CPU time, idle time, this process's CPU time) in clock ticks, from /proc; None where unreadable."""
+    try:
+        with open("/proc/stat") as handle:
+            values = [int(value) for value in handle.readline().split()[1:9]]
+        with open("/proc/self/stat") as handle:
+            own = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    return sum(values), values[3] + values[4], int(own[11]) + int(own[12])
+
+
+def share_used_elsewhere(before, after) -> float | None:
+    """Fraction of the machine's CPU time that other processes used between two `cpu_counters` readings: what
+    makes CPU timings of this process slow and noisy (2 cores shared with anything else)."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    total, idle, own = (late - early for late, early in zip(after, before))
+    return max(0.0, (total - idle - own) / total)
+
+
 def matmul_ceiling(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> dict:
     """TFLOP/s of a size^3 matmul on random data: the arithmetic ceiling the fractions refer to."""
     generator = torch.Generator(device=device).manual_seed(0)
@@ -314,9 +335,11 @@ def measure(function, device: torch.device, warmup: int, repeats: int, deadline:
         if time.monotonic() + estimate > deadline:
             raise TimeBudgetExceeded(f"{repeats} timed calls of ~{estimate / repeats:.1f} s would pass the time budget")
     reset_peak_memory(device)
+    counters = cpu_counters()
     times = [timed_call(function, device) for _ in range(repeats)]
     return {"warmup_s": warmup_times, "times_s": times, "median_s": statistics.median(times),
-            "peak_memory_gib": peak_memory_gib(device)}
+            "peak_memory_gib": peak_memory_gib(device),
+            "cpu_share_used_elsewhere": share_used_elsewhere(counters, cpu_counters())}
 
 
 def describe_failure(error: BaseException, device: torch.device) -> tuple[str, str]:
@@ -501,6 +524,9 @@ class BenchmarkRun:
             fraction = report.format_fraction(entry.get("ceiling_fraction"))
             outcome = f"{report.format_throughput(entry['throughput_x'])}{fraction}" + \
                 (f", {peak:.2f} GiB" if peak is not None else "")
+            elsewhere = entry.get("cpu_share_used_elsewhere")
+            if self.device.type == "cpu" and elsewhere is not None and elsewhere > 0.05:
+                outcome += f" (other processes used {100 * elsewhere:.0f}% of the CPU meanwhile)"
         else:
             outcome = f"{entry['status']}: {entry['reason']}"
         print(f"[{elapsed:7.1f} s] {what}: {outcome}", flush=True)

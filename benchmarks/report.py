@@ -7,6 +7,7 @@ replaces the earlier one, so runs split across several commands merge into one f
 
 import json
 import os
+import statistics
 from pathlib import Path
 
 FORMAT = "transformers-stable-codec-benchmark/1"
@@ -157,6 +158,11 @@ def runs_summary(results: dict) -> str:
             lines.append(f"  matmul ceiling ({run['settings'].get('ceiling_size')}^3): {ceilings}")
         for note in run.get("notes", []):
             lines.append(f"  {note}")
+        shares = [case["cpu_share_used_elsewhere"] for case in results["cases"].values()
+                  if case["run"] == run_id and case.get("cpu_share_used_elsewhere") is not None]
+        if shares and run["where"].startswith("CPU"):
+            lines.append(f"  CPU time other processes used during the timed calls: median {100 * statistics.median(shares):.1f}%,"
+                         f" at most {100 * max(shares):.1f}%")
         if run.get("stopped"):
             lines.append(f"  stopped early: {run['stopped']['reason']}; {len(run['stopped']['left'])} cases left")
     return "\n".join(lines)
