@@ -33,6 +33,7 @@ benchmarks/README.md lists the full sweep, split into runs; merge their JSON fil
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import importlib.metadata
 import math
@@ -150,7 +151,7 @@ def cpu_model() -> str:
 def where_label(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).removeprefix("NVIDIA ")
-    return f"CPU, {os.cpu_count()} cores"
+    return f"CPU, {os.cpu_count()} cores ({cpu_model()})"
 
 
 def machine_info(device: torch.device) -> dict:
@@ -201,9 +202,14 @@ def synchronize(device: torch.device) -> None:
 
 
 def free_memory(device: torch.device) -> None:
+    """Frees what earlier cases left: the CUDA cache, or on CPU the heap that glibc keeps (so that the peak RSS of
+    a case is not inflated by an earlier, larger model)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    else:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -358,6 +364,7 @@ class TimeBudgetExceeded(Exception):
 def measure(function, device: torch.device, warmup: int, repeats: int, deadline: float | None) -> dict:
     """Warm-up calls, then `repeats` timed calls; the peak memory of the timed calls."""
     free_memory(device)
+    reset_peak_memory(device)  # an OOM in the warm-up reports this case's peak, not an earlier one's
     warmup_times = [timed_call(function, device) for _ in range(warmup)]
     if deadline is not None:
         estimate = (warmup_times[-1] if warmup_times else 0.0) * repeats
@@ -455,6 +462,7 @@ class BenchmarkRun:
             return self.scenario
         self.scenario = None
         free_memory(self.device)
+        reset_peak_memory(self.device)
         contender = self.contender
         batch, seconds = parse_scenario(case.scenario)
         samples = math.ceil(seconds * contender.sampling_rate / contender.hop_length) * contender.hop_length
@@ -672,6 +680,9 @@ def print_report(results: dict, markdown: bool) -> None:
     print(report.LEGEND)
     print()
     print(report.plain_table(results))
+    print()
+    print("FLOPs counted (FlopCounterMode, one clip; attention = SDPA kernels and batched matmuls):")
+    print(report.flops_markdown(results))
     if markdown:
         print()
         print(report.markdown_table(results))

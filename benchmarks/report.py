@@ -138,6 +138,36 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def flops_rows(results: dict) -> list[list[str]]:
+    """GFLOP per audio-second of every codec and clip length counted (the last run's count where several ran)."""
+    counted = {}
+    for run in results["runs"].values():
+        for contender, per_length in run.get("flops", {}).items():
+            for samples, entry in per_length.items():
+                counted[(contender, int(samples))] = (run["contenders"].get(contender, {}), entry)
+    rows = []
+    for (contender, samples), (about, entry) in sorted(counted.items(), key=lambda item: (_order(CONTENDER_ORDER, item[0][0]), item[0][1])):
+        label = about.get("label", contender)
+        if "error" in entry:
+            rows.append([label, "", f"not counted: {entry['error']}", "", ""])
+            continue
+        cells = [f"{entry[name]['per_audio_second'] / 1e9:.2f} ({100 * entry[name]['attention_share']:.1f}%)"
+                 for name in ("encode", "decode")]
+        parameters = about.get("parameters")
+        rows.append([label, _format_seconds(entry["clip_seconds"]), *cells,
+                     f"{parameters / 1e6:.0f}M" if parameters else ""])
+    return rows
+
+
+FLOPS_HEADERS = ["codec", "clip", "encode GFLOP/audio-s (attention)", "decode GFLOP/audio-s (attention)", "parameters"]
+
+
+def flops_markdown(results: dict) -> str:
+    lines = ["| " + " | ".join(FLOPS_HEADERS) + " |", "|" + "---|" * len(FLOPS_HEADERS)]
+    lines += ["| " + " | ".join(row) + " |" for row in flops_rows(results)]
+    return "\n".join(lines)
+
+
 def runs_summary(results: dict) -> str:
     """What each run measured on: machine, versions, ceilings, and where it stopped early."""
     lines = []
