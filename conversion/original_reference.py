@@ -50,11 +50,11 @@ def __getattr__(name):
 '''
 
 
-def install_stubs(stub_dir):
-    """Write placeholder packages for missing top-level modules; append to sys.path."""
-    missing_tops = sorted({m.split(".")[0] for m in STUB_MODULES
+def install_stubs(stub_dir, modules=STUB_MODULES):
+    """Write placeholder packages for the missing top-level modules among `modules`; append to sys.path."""
+    missing_tops = sorted({m.split(".")[0] for m in modules
                            if importlib.util.find_spec(m.split(".")[0]) is None})
-    for mod in STUB_MODULES:
+    for mod in modules:
         if mod.split(".")[0] not in missing_tops:
             continue
         pkg_dir = os.path.join(stub_dir, *mod.split("."))
@@ -63,6 +63,48 @@ def install_stubs(stub_dir):
             f.write(STUB_SOURCE)
     sys.path.append(stub_dir)  # appended: real installed packages win
     return missing_tops
+
+
+def autoencoder_model_config(*, sample_rate, patch_size, channels, c_mults, strides, transformer_depths,
+                             sliding_window, latent_dim, levels, noise_dropout=None, sample_size=None):
+    """The original layout's `model_config.json` (as a dict) of a Stable Codec autoencoder: patched pretransform,
+    mirrored TAAE encoder and decoder, dithered FSQ bottleneck."""
+    stages = {
+        "channels": channels,
+        "c_mults": list(c_mults),
+        "strides": list(strides),
+        "latent_dim": latent_dim,
+        "transformer_depths": list(transformer_depths),
+        "sliding_window": list(sliding_window),
+        "checkpointing": False,
+        "conformer": False,
+        "layer_scale": True,
+        "use_dilated_conv": False,
+        "use_snake": False,
+    }
+    bottleneck = {"dim": latent_dim, "levels": levels, "num_codebooks": 1, "dither_inference": False}
+    if noise_dropout is not None:
+        bottleneck["noise_dropout"] = noise_dropout
+    config = {"model_type": "autoencoder", "sample_rate": sample_rate, "audio_channels": 1}
+    if sample_size is not None:
+        config["sample_size"] = sample_size
+    config["model"] = {
+        "pretransform": {"type": "patched", "config": {"channels": 1, "patch_size": patch_size}},
+        "encoder": {"type": "taae", "config": {"in_channels": patch_size, **stages}},
+        "decoder": {"type": "taae", "config": {**stages, "out_channels": patch_size}},
+        "bottleneck": {"type": "dithered_fsq", "config": bottleneck},
+        "latent_dim": latent_dim,
+        "downsampling_ratio": patch_size * _product(strides),
+        "io_channels": 1,
+    }
+    return config
+
+
+def _product(values):
+    result = 1
+    for value in values:
+        result *= value
+    return result
 
 
 def band_mask(q_len, k_len, left, right, device):
