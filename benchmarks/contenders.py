@@ -9,12 +9,12 @@ to codes, decode codes to a waveform.
 """
 
 import contextlib
-import math
 
 import torch
 
 from benchmarks.original_codec import build_original, original_model_config, original_unavailable_reason
 from transformers_stable_codec import StableCodecConfig, StableCodecModel
+from transformers_stable_codec.modeling_stable_codec import LocalAttentionBlocks
 
 CONTENDER_LABELS = {
     "stable-codec": "Stable Codec (ours)",
@@ -141,7 +141,7 @@ class StableCodecContender(Contender):
 
     def flop_note(self) -> str:
         left, right = self.model.config.sliding_window
-        blocks = 2 * 64 * math.ceil((left + right + 1) / 64)
+        blocks = LocalAttentionBlocks.for_sequence(2**31, left, right).block_size  # the model's own rule
         return (
             "FlopCounterMode over one uncompiled encode / decode on the sdpa path (for every backend): the matmuls "
             f"and convolutions, and attention as computed there, in query blocks of {blocks} frames x "

@@ -63,14 +63,14 @@ def hand_count_tiny(seconds: float) -> int:
     """Matmul and convolution FLOPs of one encode of the tiny config (patch 320, widths 128 then 256 at 50 and
     25 Hz, depths 1 and 2, head dim 128, window 3 + 4), counted by hand: a linear layer of n inputs and m outputs
     costs 2nm per frame; attention 2 * queries * keys * head_dim for the scores and as much for the values, over
-    query blocks of 128 frames with 128 + 3 + 4 keys when a stage has more than 135 frames, else over all frames."""
+    query blocks of 64 frames with 64 + 3 + 4 keys when a stage has more than 71 frames, else over all frames."""
     frames_50, frames_25 = int(50 * seconds), int(25 * seconds)
 
     def transformer_layer(width, frames):
         linear = 2 * frames * (width * 3 * width + width * width + width * 8 * width + 4 * width * width)
         heads = width // 128
-        if frames > 135:
-            attention = math.ceil(frames / 128) * heads * 2 * (2 * 128 * 135 * 128)
+        if frames > 71:
+            attention = math.ceil(frames / 64) * heads * 2 * (2 * 64 * 71 * 128)
         else:
             attention = heads * 2 * (2 * frames * frames * 128)
         return linear + attention
@@ -91,7 +91,7 @@ def test_flop_count_equals_the_hand_count(ours):
         assert entry["decode"]["total"] == hand_count_tiny(seconds)  # the decoder mirrors the encoder
         assert entry["encode"]["per_audio_second"] == hand_count_tiny(seconds) / seconds
         assert 0 < entry["encode"]["attention_share"] < 0.2
-        assert "query blocks of 128 frames x 135 keys" in entry["note"]
+        assert "query blocks of 64 frames x 71 keys" in entry["note"]
 
 
 def test_eager_path_counts_the_same_flops_as_sdpa():
