@@ -26,8 +26,8 @@ here by `benchmarks/prepare_wheels.sh` into `.whl-bench/` (and the project's `.w
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl .whl-bench/*.whl && export PYTHONPATH=src:/tmp/site PYTHONUNBUFFERED=1 &&
 then, for example (each command under 10 minutes; --time-budget-s stops a sweep cleanly before it):
-    python3 benchmarks/benchmark_codecs.py --scenarios 1x10s --dtypes fp32 --backends sdpa \
-        --json $OUT/h100.json --time-budget-s 480
+    python3 benchmarks/benchmark_codecs.py --commit SHA --scenarios 1x10s --dtypes fp32 --backends sdpa \
+        --json $OUT/a.json --time-budget-s 480
 benchmarks/README.md lists the full sweep, split into runs; merge their JSON files with --report a.json b.json.
 """
 
