@@ -26,8 +26,8 @@ here by `benchmarks/prepare_wheels.sh` into `.whl-bench/` (and the project's `.w
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl .whl-bench/*.whl && export PYTHONPATH=src:/tmp/site PYTHONUNBUFFERED=1 &&
 then, for example (each command under 10 minutes; --time-budget-s stops a sweep cleanly before it):
-    python3 benchmarks/benchmark_codecs.py --scenarios 1x10s --dtypes fp32 --backends sdpa \
-        --json $OUT/h100.json --time-budget-s 480
+    python3 benchmarks/benchmark_codecs.py --commit SHA --scenarios 1x10s --dtypes fp32 --backends sdpa \
+        --json $OUT/a.json --time-budget-s 480
 benchmarks/README.md lists the full sweep, split into runs; merge their JSON files with --report a.json b.json.
 """
 
@@ -341,7 +341,8 @@ ATTENTION_OPS = ("scaled_dot_product", "bmm", "flex_attention")
 
 
 def attention_share(by_op: dict) -> float:
-    """Share of the FLOPs in attention-like ops (SDPA kernels and batched matmuls)."""
+    """Share of the FLOPs in SDPA kernels and batched matmuls: the attention of ours and of the original (its einsum
+    path); other models may also run projections as batched matmuls."""
     total = sum(by_op.values())
     attention = sum(count for op, count in by_op.items() if any(name in op for name in ATTENTION_OPS))
     return attention / total if total else 0.0
@@ -681,7 +682,8 @@ def print_report(results: dict, markdown: bool) -> None:
     print()
     print(report.plain_table(results))
     print()
-    print("FLOPs counted (FlopCounterMode, one clip; attention = SDPA kernels and batched matmuls):")
+    print("FLOPs counted (FlopCounterMode, one clip; in parentheses the share of SDPA kernels and batched matmuls, "
+          "which is the attention of ours and of the original):")
     print(report.flops_markdown(results))
     if markdown:
         print()
@@ -717,10 +719,6 @@ def main(argv=None) -> dict:
 
     cases = plan_cases(args)
     print(f"{len(cases)} cases on {run['where']}; torch {torch.__version__}; {run['notes'][0]}", flush=True)
-    load = run["machine"]["load_average_at_start"][0]
-    if device.type == "cpu" and load > 0.5 * os.cpu_count():
-        print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other processes compete for the CPU, "
-              "and CPU timings will be slow and noisy", flush=True)
     for dtype in args.dtypes:
         run["ceilings"][dtype] = quietly(lambda: matmul_ceiling(device, DTYPES[dtype], args.ceiling_size), device, args)
         print(f"matmul ceiling {dtype}: {run['ceilings'][dtype]['tflops']:.3g} TFLOP/s", flush=True)

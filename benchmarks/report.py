@@ -159,7 +159,7 @@ def flops_rows(results: dict) -> list[list[str]]:
     return rows
 
 
-FLOPS_HEADERS = ["codec", "clip", "encode GFLOP/audio-s (attention)", "decode GFLOP/audio-s (attention)", "parameters"]
+FLOPS_HEADERS = ["codec", "clip", "encode GFLOP/audio-s (SDPA + bmm)", "decode GFLOP/audio-s (SDPA + bmm)", "parameters"]
 
 
 def flops_markdown(results: dict) -> str:
@@ -173,12 +173,15 @@ def runs_summary(results: dict) -> str:
     lines = []
     for run_id, run in results["runs"].items():
         machine, versions = run["machine"], run["versions"]
-        device = machine.get("gpu") or machine.get("cpu_model", "CPU")
+        gpu = ""
+        if machine.get("gpu"):
+            gpu = (f" ({machine['gpu']}, {machine.get('gpu_memory_gib')} GiB, {machine.get('multiprocessors')} SMs, "
+                   f"driver {machine.get('driver') or '?'}; CPU {machine.get('cpu_model')})")
         lines.append(
-            f"run {run_id}: {run['where']} ({device}; {machine.get('cpu_cores')} CPU cores, "
-            f"{machine.get('torch_threads')} torch threads); torch {versions.get('torch')}, transformers "
-            f"{versions.get('transformers')}, CUDA {versions.get('cuda') or '—'}, ours {versions.get('transformers_stable_codec')} "
-            f"at {versions.get('git_commit')}"
+            f"run {run_id}: {run['where']}{gpu}; {machine.get('cpu_cores')} CPU cores, {machine.get('torch_threads')} "
+            f"torch threads; torch {versions.get('torch')}, transformers {versions.get('transformers')}, CUDA "
+            f"{versions.get('cuda') or '—'}, ours {versions.get('transformers_stable_codec')} at "
+            f"{versions.get('git_commit')}"
         )
         load = [machine.get(f"load_average_at_{when}") for when in ("start", "end")]
         if all(load):
