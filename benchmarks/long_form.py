@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Long-form coding of the paper-scale model: peak memory against length (one call per length, up to an hour),
+and the chunked path (`chunk_length_s`) against the unchunked one on the same hour.
+
+For each dtype and each length it encodes and decodes one clip in a single call and records the time and the peak
+CUDA memory (weights included); the growth per hour is the slope between the two longest lengths. Then, in the
+first dtype, it codes the longest clip again in chunks and compares: latents (max |difference| / max |latent|),
+codes (share identical), audio (max |difference|). Prints a table and writes JSON.
+
+    python3 benchmarks/long_form.py --json $OUT/long_form.json            # on the GPU machine
+    python benchmarks/long_form.py --device cpu --config tiny --lengths 20 60 --chunk-length-s 10
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "src"), str(REPO)]
+
+from benchmarks.contenders import tiny_stable_codec_config
+from transformers_stable_codec import StableCodecModel
+from transformers_stable_codec.original_checkpoint import config_from_original
+
+GIB = 2**30
+PAPER_CONFIG = Path(__file__).resolve().parent / "paper_scale_model_config.json"
+
+
+def speechlike(seconds: float, rate: int, generator: torch.Generator) -> torch.Tensor:
+    """Noise shaped by a slow random envelope: a stand-in with speech's pauses and level changes."""
+    samples = int(seconds * rate)
+    envelope = torch.rand(samples // 1600 + 2, generator=generator)
+    envelope = torch.nn.functional.interpolate(envelope[None, None], size=samples, mode="linear")[0, 0]
+    return (0.1 * envelope * torch.randn(samples, generator=generator))[None, None]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def code(model, audio, chunk_length_s=None):
+    """One encode and one decode; returns latents, codes, audio and seconds."""
+    synchronize(audio.device)
+    start = time.perf_counter()
+    encoded = model.encode(audio, chunk_length_s=chunk_length_s)
+    decoded = model.decode(encoded.audio_codes, chunk_length_s=chunk_length_s).audio_values
+    synchronize(audio.device)
+    return encoded.latents, encoded.audio_codes, decoded, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--config", default="paper", help="'paper' (953M) or 'tiny'")
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--lengths", nargs="+", type=float, default=[60, 600, 1800, 3600], help="seconds")
+    parser.add_argument("--chunk-length-s", type=float, default=600)
+    parser.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    device = torch.device(args.device)
+    if args.config == "paper":
+        config = config_from_original(json.loads(PAPER_CONFIG.read_text()))
+    else:
+        config = tiny_stable_codec_config()
+    torch.manual_seed(0)
+    model = StableCodecModel(config).eval().requires_grad_(False)
+    model.set_attn_implementation(args.attn_implementation)
+    generator = torch.Generator().manual_seed(0)
+    longest = max(args.lengths)
+    clip = speechlike(longest, config.sampling_rate, generator)
+    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "torch": torch.__version__, "attention": args.attn_implementation, "memory": [], "chunked": None}
+
+    for dtype_name in args.dtypes:
+        model.to(device, {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name])
+        for seconds in sorted(args.lengths):
+            audio = clip[..., : int(seconds * config.sampling_rate)].to(device)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            with torch.inference_mode():
+                latents, codes, decoded, elapsed = code(model, audio)
+            peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else float("nan")
+            row = dict(dtype=dtype_name, seconds=seconds, elapsed_s=elapsed, x_real_time=seconds / elapsed, peak_gib=peak)
+            results["memory"].append(row)
+            print(f"{dtype_name} {seconds:>6.0f} s in one call: {elapsed:7.2f} s ({seconds / elapsed:,.0f}x), peak {peak:.2f} GiB", flush=True)
+            if dtype_name == args.dtypes[0] and seconds == longest:
+                reference = (latents, codes, decoded)
+            del latents, codes, decoded
+
+        rows = [row for row in results["memory"] if row["dtype"] == dtype_name]
+        if len(rows) >= 2 and device.type == "cuda":
+            (short, long) = rows[-2], rows[-1]
+            per_hour = (long["peak_gib"] - short["peak_gib"]) / (long["seconds"] - short["seconds"]) * 3600
+            results.setdefault("gib_per_hour", {})[dtype_name] = per_hour
+            print(f"{dtype_name}: peak memory grows by {per_hour:.2f} GiB per hour of audio", flush=True)
+
+        if dtype_name == args.dtypes[0]:
+            long_audio = clip.to(device)
+            with torch.inference_mode():
+                latents, codes, decoded, elapsed = code(model, long_audio, args.chunk_length_s)
+            ref_latents, ref_codes, ref_audio = reference
+            chunked = dict(
+                dtype=dtype_name, seconds=longest, chunk_length_s=args.chunk_length_s, elapsed_s=elapsed,
+                latents_max_relative=float((latents - ref_latents).abs().max() / ref_latents.abs().max()),
+                codes_identical=float((codes == ref_codes).double().mean()),
+                audio_max_abs=float((decoded.float() - ref_audio.float()).abs().max()),
+                audio_max=float(ref_audio.abs().max()),
+            )
+            results["chunked"] = chunked
+            print(
+                f"chunked ({args.chunk_length_s:g} s chunks) vs one call, {longest:g} s, {dtype_name}: latents "
+                f"{chunked['latents_max_relative']:.2e} (max, relative), codes {100 * chunked['codes_identical']:.4f}% "
+                f"identical, audio {chunked['audio_max_abs']:.2e} max abs (peak |audio| {chunked['audio_max']:.3f}); "
+                f"{elapsed:.2f} s",
+                flush=True,
+            )
+            del latents, codes, decoded, reference
+        model.to("cpu")
+
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
