@@ -181,6 +181,13 @@ class MimiContender(Contender):
         self.sampling_rate = model.config.sampling_rate
         self.hop_length = round(model.config.sampling_rate / model.config.frame_rate)
 
+    def to_dtype(self, dtype: torch.dtype) -> None:
+        self.model.to(dtype)
+        # Mimi's codebooks cache their embedding on first use; `.to()` does not reach the cache.
+        for module in self.model.modules():
+            if hasattr(module, "_embed"):
+                module._embed = None
+
     def encode(self, audio):
         return self.model.encode(audio).audio_codes
 
