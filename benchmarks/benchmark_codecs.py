@@ -492,9 +492,9 @@ class BenchmarkRun:
         contender, single = self.contender, tuple(value[:1] for value in inputs)
         try:
             with contender.flop_counting():
-                encode = count_flops(lambda: contender.encode(*single))
-                codes = contender.encode(*single)
-                decode = count_flops(lambda: contender.decode(codes))
+                encoded = []
+                encode = count_flops(lambda: encoded.append(contender.encode(*single)))
+                decode = count_flops(lambda: contender.decode(encoded[0]))
         except Exception as error:  # noqa: BLE001  (every failure is a result, not a crash)
             status, reason = describe_failure(error, self.device)
             del error

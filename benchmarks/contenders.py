@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-from benchmarks.original_codec import build_original, original_model_config, original_unavailable_reason
+from benchmarks.original_codec import build_original, original_model_config
 from transformers_stable_codec import StableCodecConfig, StableCodecModel
 from transformers_stable_codec.modeling_stable_codec import LocalAttentionBlocks
 
@@ -289,9 +289,6 @@ def build_contender(name: str, config: StableCodecConfig, device: torch.device, 
             model = StableCodecModel(config)
         return StableCodecContender(model.eval().requires_grad_(False))
     if name == "original":
-        reason = original_unavailable_reason()
-        if reason is not None:
-            raise RuntimeError(reason)
         codec = build_original(original_model_config(config), device, seed)
         return OriginalContender(codec, config.sampling_rate, config.hop_length)
     with torch.device(device):

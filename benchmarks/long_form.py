@@ -22,12 +22,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from benchmarks.contenders import tiny_stable_codec_config
+from benchmarks.benchmark_codecs import GIB, configure_precision, load_config, synchronize
 from transformers_stable_codec import StableCodecModel
-from transformers_stable_codec.original_checkpoint import config_from_original
-
-GIB = 2**30
-PAPER_CONFIG = Path(__file__).resolve().parent / "paper_scale_model_config.json"
 
 
 def speechlike(seconds: float, rate: int, generator: torch.Generator) -> torch.Tensor:
@@ -36,11 +32,6 @@ def speechlike(seconds: float, rate: int, generator: torch.Generator) -> torch.T
     envelope = torch.rand(samples // 1600 + 2, generator=generator)
     envelope = torch.nn.functional.interpolate(envelope[None, None], size=samples, mode="linear")[0, 0]
     return (0.1 * envelope * torch.randn(samples, generator=generator))[None, None]
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def code(model, audio, chunk_length_s=None):
@@ -56,7 +47,7 @@ def code(model, audio, chunk_length_s=None):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--config", default="paper", help="'paper' (953M) or 'tiny'")
+    parser.add_argument("--config", default="paper", help="'paper' (953M), 'tiny', or a path to a model config")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--lengths", nargs="+", type=float, default=[60, 600, 1800, 3600], help="seconds")
     parser.add_argument("--chunk-length-s", type=float, default=600)
@@ -64,13 +55,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    configure_precision()
     device = torch.device(args.device)
-    if args.config == "paper":
-        config = config_from_original(json.loads(PAPER_CONFIG.read_text()))
-    else:
-        config = tiny_stable_codec_config()
+    config = load_config(args.config)
     torch.manual_seed(0)
     model = StableCodecModel(config).eval().requires_grad_(False)
     model.set_attn_implementation(args.attn_implementation)

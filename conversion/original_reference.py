@@ -9,6 +9,7 @@ converter's --verify, in an environment where the original is importable. The or
 """
 
 import importlib.util
+import math
 import os
 import sys
 
@@ -94,17 +95,10 @@ def autoencoder_model_config(*, sample_rate, patch_size, channels, c_mults, stri
         "decoder": {"type": "taae", "config": {**stages, "out_channels": patch_size}},
         "bottleneck": {"type": "dithered_fsq", "config": bottleneck},
         "latent_dim": latent_dim,
-        "downsampling_ratio": patch_size * _product(strides),
+        "downsampling_ratio": patch_size * math.prod(strides),
         "io_channels": 1,
     }
     return config
-
-
-def _product(values):
-    result = 1
-    for value in values:
-        result *= value
-    return result
 
 
 def band_mask(q_len, k_len, left, right, device):
