@@ -91,7 +91,6 @@ class StableCodecContender(Contender):
         super().__init__(model)
         self.sampling_rate = model.config.sampling_rate
         self.hop_length = model.config.hop_length
-        self.attention = model.config._attn_implementation
         self._encode, self._decode = model.encode, model.decode
 
     def attention_options(self, requested: list[str]) -> list[str]:
@@ -112,7 +111,6 @@ class StableCodecContender(Contender):
     def configure(self, attention: str, compile_mode: str) -> None:
         if attention != self.model.config._attn_implementation:
             self.model.set_attn_implementation(attention)
-        self.attention = attention
         self._encode, self._decode = compile_codec_functions(self.model, compile_mode)
 
     def encode(self, audio):
