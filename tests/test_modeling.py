@@ -370,6 +370,21 @@ def test_compiled_encode_and_decode_have_no_graph_breaks(tiny_model):
     assert relative_error(audio_values, expected) < 1e-4
 
 
+@pytest.mark.slow
+def test_compiled_model_computes_each_stage_rotary_table_once(tiny_model):
+    """Inductor inlines index-only code into its consumers: were the rotary table plain tensor code, every layer's
+    query and key kernel would recompute float64 cosines per element (a sixth of the GPU time at paper scale)."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        _, generated = run_and_get_code(torch.compile(tiny_model.encode, fullgraph=True), speechlike(1, 1.0))
+    code = "\n".join(generated)
+    stages_with_layers = sum(len(stage.transformer.layers) > 0 for stage in tiny_model.encoder.stages)
+    assert code.count("rotary_cos_sin.default(") == stages_with_layers
+    assert "cos(" not in code
+
+
 def test_bfloat16_on_cpu_is_close_to_float32(tiny_model):
     audio = speechlike(1, 1.0)
     model_bf16 = StableCodecModel(tiny_model.config).to(torch.bfloat16).eval()

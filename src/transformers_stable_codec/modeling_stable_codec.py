@@ -77,6 +77,29 @@ def weight_normed(conv: nn.Module) -> nn.Module:
     return nn.utils.parametrizations.weight_norm(conv, name="weight", dim=0)
 
 
+@torch.library.custom_op("transformers_stable_codec::rotary_cos_sin", mutates_args=())
+def rotary_cos_sin(inv_freq: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 cos and sin of the angles `position * inv_freq`, each `(num_frames, 2 * len(inv_freq))`.
+
+    The angles are computed in float64 (exact products of the float32 frequencies), unlike the original's float32:
+    a float32 angle near 1.8e5 rad (an hour at 50 Hz) is resolved only to 0.016 rad, so rotations would drift with
+    absolute position, and long signals would lose accuracy that chunked coding keeps.
+
+    A custom op, so that `torch.compile` keeps the table as one buffer per stage: as plain tensor code it depends on
+    indices only, and inductor recomputes such code inside every consumer, here float64 cosines for every element
+    of every layer's queries and keys (a sixth of the compiled model's GPU time at paper scale)."""
+    positions = torch.arange(num_frames, device=inv_freq.device, dtype=torch.float64)
+    angles = torch.outer(positions, inv_freq.double())
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+@rotary_cos_sin.register_fake
+def _(inv_freq: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (num_frames, 2 * inv_freq.shape[0])
+    return inv_freq.new_empty(shape, dtype=torch.float32), inv_freq.new_empty(shape, dtype=torch.float32)
+
+
 class StableCodecRotaryEmbedding(nn.Module):
     """RoPE on the first `rotary_dim` channels of each head, positions counted from 0 at every stage."""
 
@@ -91,17 +114,9 @@ class StableCodecRotaryEmbedding(nn.Module):
         exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32, device=device) / self.rotary_dim
         return 1.0 / (self.rope_theta**exponents)
 
-    @torch.no_grad()
     def forward(self, num_frames: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 cos and sin of the angles `position * inv_freq`, each `(num_frames, rotary_dim)`.
-
-        The angles are computed in float64 (exact products of the float32 frequencies), unlike the original's
-        float32: a float32 angle near 1.8e5 rad (an hour at 50 Hz) is resolved only to 0.016 rad, so rotations would
-        drift with absolute position, and long signals would lose accuracy that chunked coding keeps."""
-        positions = torch.arange(num_frames, device=device, dtype=torch.float64)
-        angles = torch.outer(positions, self.inv_freq(device).double())
-        angles = torch.cat((angles, angles), dim=-1)
-        return angles.cos().float(), angles.sin().float()
+        """float32 `(cos, sin)`, each `(num_frames, rotary_dim)`: see `rotary_cos_sin`."""
+        return rotary_cos_sin(self.inv_freq(device), num_frames)
 
 
 def rotate_half(states: torch.Tensor) -> torch.Tensor:
