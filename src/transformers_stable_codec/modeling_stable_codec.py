@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention.flex_attention import create_block_mask
 from torch.nn.utils import parametrize
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
@@ -421,13 +422,18 @@ class StableCodecTransformer(nn.Module):
             queries = hidden_states.new_empty(batch_size * blocks.num_blocks, blocks.block_size, 0)
             keys = hidden_states.new_empty(batch_size * blocks.num_blocks, blocks.key_length, 0)
             mask_function = blocks.mask_function(frame_is_valid)
-        attention_mask = create_bidirectional_mask(
-            config=self.config,
-            inputs_embeds=queries,
-            attention_mask=None,
-            encoder_hidden_states=keys,
-            and_mask_function=mask_function,
-        )
+        if implementation == "flex_attention" and torch.compiler.is_compiling():
+            # transformers builds flex masks with `create_block_mask(_compile=True)`, whose deprecation warning breaks
+            # the graph; inside a compiled graph the mask's construction is compiled along with it.
+            attention_mask = create_block_mask(mask_function, batch_size, None, num_frames, num_frames, hidden_states.device)
+        else:
+            attention_mask = create_bidirectional_mask(
+                config=self.config,
+                inputs_embeds=queries,
+                attention_mask=None,
+                encoder_hidden_states=keys,
+                and_mask_function=mask_function,
+            )
         if implementation == "sdpa" and attention_mask is not None and attention_mask.dtype == torch.bool:
             # sdpa turns a boolean mask into an additive bias on every call; every layer of the stage shares one.
             bias = torch.zeros(attention_mask.shape, dtype=hidden_states.dtype, device=hidden_states.device)
