@@ -226,3 +226,24 @@ def test_the_original_builds_and_runs_in_process(tmp_path):
         without_attention = {op: count for op, count in ours[workload]["by_op"].items() if "scaled_dot" not in op}
         assert {op: count for op, count in original[workload]["by_op"].items() if op != "aten.bmm"} == without_attention
         assert original[workload]["by_op"]["aten.bmm"] == 2 * (2 * 200 * 200 * 128) + 2 * 2 * 2 * (2 * 100 * 100 * 128)
+
+
+def test_kernel_profile_sums_categories_and_finds_idle_gaps():
+    from benchmarks.profile_kernels import kernel_category, kernel_summary
+
+    assert kernel_category("nvjet_sm90_tst_192x192_64x4_1x2_h_bz_coopB_bias_TNN") == "matmul"
+    assert kernel_category("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7") == "attention"
+    assert kernel_category("triton_poi_fused__scaled_dot_product_cudnn_attention__unsafe_view_3") == "triton"
+    assert kernel_category("void at::native::vectorized_elementwise_kernel<4>") == "other"
+    kernels = [  # (name, start us, end us), out of order, one overlap, one 200 us gap
+        ("triton_poi_fused_mul_silu_1", 1100.0, 1300.0),
+        ("nvjet_gemm", 0.0, 1000.0),
+        ("cudnn_flash_fprop", 1000.0, 1100.0),
+        ("triton_red_layer_norm_2", 1250.0, 1280.0),
+        ("nvjet_gemm", 1500.0, 2000.0),
+    ]
+    summary = kernel_summary(kernels)
+    assert summary["kernels"] == 5 and summary["span_ms"] == 2.0
+    assert math.isclose(summary["busy_ms"], 1.83)
+    assert summary["by_category_ms"] == pytest.approx({"matmul": 1.5, "attention": 0.1, "triton": 0.23})
+    assert summary["gaps"] == [{"ms": 0.2, "before": "nvjet_gemm"}]

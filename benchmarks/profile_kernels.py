@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""Where the compiled encode + decode spends its GPU time: one 16 x 10 s batch of the paper-scale model in bf16,
+compiled with CUDA graphs, timed and then profiled kernel by kernel. Prints the time per kernel category (cuBLAS
+matmuls, attention, inductor's Triton kernels), the GPU's idle gaps and the top kernels, and writes JSON.
+
+    python3 benchmarks/profile_kernels.py --json $OUT/profile.json            # on the GPU machine
+
+`--functions joint` compiles encode + decode as one function; `apart` compiles them separately (the benchmark's
+way). docs/benchmarks.md quotes its figures.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "src"), str(REPO)]
+
+from benchmarks.benchmark_codecs import load_config
+from transformers_stable_codec import StableCodecModel
+
+CATEGORIES = {
+    "matmul": ("gemm", "cutlass", "xmma", "nvjet", "cublas"),
+    "attention": ("fmha", "flash", "attention", "cudnn"),
+    "triton": ("triton",),
+}
+GAP_US = 50.0
+
+
+def kernel_category(name: str) -> str:
+    """cuBLAS / CUTLASS matmuls, attention kernels, inductor's Triton kernels, or other. Triton first: inductor names
+    the kernel that lays out attention's inputs after the attention op, but it is elementwise work."""
+    lowered = name.lower()
+    if lowered.startswith("triton"):
+        return "triton"
+    for category, markers in CATEGORIES.items():
+        if any(marker in lowered for marker in markers):
+            return category
+    return "other"
+
+
+def kernel_summary(kernels: list[tuple[str, float, float]]) -> dict:
+    """`(name, start_us, end_us)` of each kernel: busy time, span from first start to last end, the idle gaps longer
+    than GAP_US (with the kernel that ends each), and busy time per category, all in milliseconds."""
+    kernels = sorted(kernels, key=lambda kernel: kernel[1])
+    by_category, gaps = {}, []
+    busy_until = kernels[0][2]
+    for name, start, end in kernels:
+        by_category[kernel_category(name)] = by_category.get(kernel_category(name), 0.0) + (end - start) / 1e3
+        if start - busy_until > GAP_US:
+            gaps.append({"ms": (start - busy_until) / 1e3, "before": name})
+        busy_until = max(busy_until, end)
+    return {
+        "kernels": len(kernels),
+        "busy_ms": sum(end - start for _, start, end in kernels) / 1e3,
+        "span_ms": (busy_until - kernels[0][1]) / 1e3,
+        "gaps": gaps,
+        "by_category_ms": by_category,
+    }
+
+
+def time_call(function, repeats: int = 7, warmup: int = 3) -> dict:
+    """Median wall time (synchronize + perf_counter) and GPU time (CUDA events) of one call."""
+    for _ in range(warmup):
+        function()
+    walls, gpus = [], []
+    for _ in range(repeats):
+        start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        start_event.record()
+        function()
+        end_event.record()
+        torch.cuda.synchronize()
+        walls.append(time.perf_counter() - start)
+        gpus.append(start_event.elapsed_time(end_event) / 1e3)
+    return {"wall_ms": statistics.median(walls) * 1e3, "gpu_ms": statistics.median(gpus) * 1e3}
+
+
+def profile_call(function, top: int) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    function()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        function()
+        torch.cuda.synchronize()
+    kernels = [(event.name, event.time_range.start, event.time_range.end) for event in profiler.events()
+               if event.device_type == torch.autograd.DeviceType.CUDA]
+    print(profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=70))
+    return kernel_summary(kernels)
+
+
+def compiled_codec(model, functions: str, audio: torch.Tensor):
+    """A call that encodes and decodes `audio` with CUDA graphs; each call starts a new graph step, and the codes
+    are copied between two separately compiled functions (a graph's output is overwritten by its next replay)."""
+    def compile_(function):
+        return torch.compile(function, mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+    if functions == "joint":
+        codec = compile_(lambda values: model.decode(model.encode(values).audio_codes).audio_values)
+
+        def call():
+            torch.compiler.cudagraph_mark_step_begin()
+            return codec(audio)
+    else:
+        encode, decode = compile_(model.encode), compile_(model.decode)
+
+        def call():
+            torch.compiler.cudagraph_mark_step_begin()
+            return decode(encode(audio).audio_codes.clone()).audio_values
+    return call
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="paper", help="paper (default) | tiny | a model_config.json or config.json")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--functions", nargs="+", choices=["joint", "apart"], default=["joint"])
+    parser.add_argument("--attention", default="sdpa", choices=["sdpa", "eager", "flex_attention"])
+    parser.add_argument("--top", type=int, default=18, help="kernels listed")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("profiles CUDA kernels: run it on a GPU machine")
+
+    torch.manual_seed(0)
+    model = StableCodecModel(load_config(args.config)).eval().to("cuda", torch.bfloat16)
+    model.set_attn_implementation(args.attention)
+    sampling_rate = model.config.sampling_rate
+    audio = 0.1 * torch.randn(args.batch, 1, round(args.seconds * sampling_rate), device="cuda")
+    audio_seconds = args.batch * audio.shape[-1] / sampling_rate
+    results = {}
+    for functions in args.functions:
+        torch._dynamo.reset()
+        started = time.perf_counter()
+        call = compiled_codec(model, functions, audio)
+        with torch.no_grad():
+            call()
+            torch.cuda.synchronize()
+            entry = {"compile_s": time.perf_counter() - started, **time_call(call)}
+            entry["x_real_time"] = audio_seconds / (entry["wall_ms"] / 1e3)
+            entry["profile"] = profile_call(call, args.top)
+        results[functions] = entry
+        summary = {key: round(value, 2) for key, value in entry["profile"]["by_category_ms"].items()}
+        print(f"{functions}: {entry['x_real_time']:,.0f}x real time, {entry['wall_ms']:.2f} ms per call, "
+              f"{entry['profile']['busy_ms']:.2f} ms of kernels ({summary}), "
+              f"{len(entry['profile']['gaps'])} gaps over {GAP_US:.0f} us", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"batch": args.batch, "seconds": args.seconds, "attention": args.attention,
+                                         "torch": torch.__version__, "device": torch.cuda.get_device_name(),
+                                         "results": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
