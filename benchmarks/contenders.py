@@ -37,7 +37,6 @@ class Contender:
     """One codec on one device. `prepare` pads the waveform to whole frames as the codec's feature extractor does
     and returns the positional inputs of `encode`."""
 
-    name = ""
     sampling_rate = 16000
     hop_length = 1
 
@@ -85,8 +84,6 @@ class Contender:
 
 
 class StableCodecContender(Contender):
-    name = "stable-codec"
-
     def __init__(self, model: StableCodecModel):
         super().__init__(model)
         self.sampling_rate = model.config.sampling_rate
@@ -151,8 +148,6 @@ class StableCodecContender(Contender):
 
 
 class OriginalContender(Contender):
-    name = "original"
-
     def __init__(self, codec, sampling_rate: int, hop_length: int):
         super().__init__(codec.autoencoder, codec.notes)
         self.codec = codec
@@ -172,8 +167,6 @@ class OriginalContender(Contender):
 
 
 class MimiContender(Contender):
-    name = "mimi"
-
     def __init__(self, model):
         super().__init__(model)
         self.sampling_rate = model.config.sampling_rate
@@ -194,8 +187,6 @@ class MimiContender(Contender):
 
 
 class DacContender(Contender):
-    name = "dac"
-
     def __init__(self, model):
         super().__init__(model)
         self.sampling_rate = model.config.sampling_rate
@@ -214,7 +205,6 @@ class Xcodec2Contender(Contender):
     loudness normalization is not): the features are standard-normal noise of the shape the feature extractor gives
     (its features are normalized per bin); the model's concatenation of semantic and acoustic frames checks it."""
 
-    name = "xcodec2"
     num_semantic_features = 160
 
     def __init__(self, model):
