@@ -61,10 +61,10 @@ from benchmarks.contenders import CONTENDER_LABELS, build_contender, tiny_stable
 
 CONTENDERS = list(CONTENDER_LABELS)
 WORKLOADS = ["encode", "decode", "both"]
-SCENARIOS = ["1x10s", "16x10s", "1x60s", "1x3600s"]  # any BATCHxSECONDSs works, e.g. 4x30s
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-BACKENDS = ["eager", "sdpa", "flex_attention", "flash_attention_2"]
-COMPILE_MODES = ["none", "default", "reduce-overhead", "max-autotune"]
+SCENARIOS = report.SCENARIO_ORDER  # any BATCHxSECONDSs works, e.g. 4x30s
+DTYPES = dict(zip(report.DTYPE_ORDER, (torch.float32, torch.bfloat16, torch.float16)))
+BACKENDS = report.ATTENTION_ORDER
+COMPILE_MODES = report.COMPILE_ORDER
 PAPER_CONFIG = Path(__file__).resolve().parent / "paper_scale_model_config.json"
 DEVICE_DEFAULTS = {
     "cuda": dict(scenarios=SCENARIOS, dtypes=["fp32", "bf16"], backends=BACKENDS, repeats=5, warmup=2,
