@@ -9,6 +9,7 @@ to codes, decode codes to a waveform.
 """
 
 import contextlib
+import copy
 
 import torch
 
@@ -227,11 +228,14 @@ class Xcodec2Contender(Contender):
         return self.model.decode(audio_codes=codes).audio_values
 
 
+# Two small stages (50 Hz then 25 Hz), short windows: for smoke runs, and the tests' tiny model.
+TINY_CONFIG = dict(
+    hidden_size=128, channel_multipliers=[1, 2], strides=[1, 2], transformer_depths=[1, 2], sliding_window=[3, 4]
+)
+
+
 def tiny_stable_codec_config() -> StableCodecConfig:
-    """Two small stages (50 Hz then 25 Hz), short windows: for smoke runs and tests."""
-    return StableCodecConfig(
-        hidden_size=128, channel_multipliers=[1, 2], strides=[1, 2], transformer_depths=[1, 2], sliding_window=[3, 4]
-    )
+    return StableCodecConfig(**copy.deepcopy(TINY_CONFIG))
 
 
 def peer_model(name: str, tiny: bool) -> torch.nn.Module:

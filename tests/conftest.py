@@ -1,3 +1,4 @@
+import copy
 import pathlib
 import shutil
 import subprocess
@@ -8,21 +9,16 @@ import torch
 import transformers_stable_codec  # noqa: F401  (registers the Auto classes)
 from transformers_stable_codec import StableCodecConfig, StableCodecModel
 
+from benchmarks.contenders import TINY_CONFIG
+
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
 def tiny_config(**overrides) -> StableCodecConfig:
-    """Two stages (50 Hz then 25 Hz), short windows: small enough for a 2-core CPU, rich enough to break."""
-    kwargs = dict(
-        hidden_size=128,
-        channel_multipliers=[1, 2],
-        strides=[1, 2],
-        transformer_depths=[1, 2],
-        sliding_window=[3, 4],
-    )
-    kwargs.update(overrides)
-    return StableCodecConfig(**kwargs)
+    """The benchmark's tiny model: two stages (50 Hz then 25 Hz), short windows; small enough for a 2-core CPU, rich
+    enough to break."""
+    return StableCodecConfig(**{**copy.deepcopy(TINY_CONFIG), **overrides})
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

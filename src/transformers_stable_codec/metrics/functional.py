@@ -22,7 +22,6 @@ CLAMP = 1e-5
 PESQ_SAMPLING_RATE = 16000  # wideband PESQ (P.862.2) is defined at 16 kHz only
 
 
-
 def slaney_mel_filters(window_length: int, bands: int, sampling_rate: float) -> torch.Tensor:
     """(bands, window_length // 2 + 1) Slaney mel filters from 0 Hz to Nyquist, as float64 (transformers' filters)."""
     filters = mel_filter_bank(
@@ -35,6 +34,7 @@ def slaney_mel_filters(window_length: int, bands: int, sampling_rate: float) -> 
         mel_scale="slaney",
     )
     return torch.from_numpy(filters).T
+
 
 def _check_pair(prediction, reference) -> tuple[np.ndarray, np.ndarray]:
     prediction, reference = np.asarray(prediction, dtype=np.float64), np.asarray(reference, dtype=np.float64)
