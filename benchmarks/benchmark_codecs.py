@@ -148,14 +148,29 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (`taskset` narrows them), not all the machine has."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def cpu_flags() -> set[str]:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def where_label(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).removeprefix("NVIDIA ")
-    return f"CPU, {os.cpu_count()} cores ({cpu_model()})"
+    return f"CPU, {usable_cpus()} cores ({cpu_model()})"
 
 
 def machine_info(device: torch.device) -> dict:
-    info = {"cpu_model": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu_model": cpu_model(), "cpu_cores": usable_cpus(), "machine_cpu_cores": os.cpu_count(),
+            "cpu_has_amx_bf16": "amx_bf16" in cpu_flags(), "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(), "python": platform.python_version(),
             "load_average_at_start": os.getloadavg()}
     if device.type == "cuda":
@@ -651,7 +666,8 @@ def parse_args(argv=None):
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), help="fp16 too where wanted (the anchors' original)")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="attention backends of our model")
     parser.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["none"],
-                        help="torch.compile modes of our encode / decode (fullgraph)")
+                        help="torch.compile modes of our encode / decode (fullgraph); 'freezing' is the default mode with "
+                             "inductor's freezing (weights as constants, prepacked for oneDNN: the CPU recipe)")
     parser.add_argument("--config", default="paper",
                         help="paper (default) | tiny | path to a model_config.json (original layout) or config.json")
     parser.add_argument("--repeats", type=int, help="timed calls per case (median reported)")

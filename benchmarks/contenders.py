@@ -30,7 +30,12 @@ def compile_codec_functions(model: StableCodecModel, mode: str):
     """How `--compile` applies to our model: `(encode, decode)` callables. The one place to change it."""
     if mode == "none":
         return model.encode, model.decode
-    options = dict(mode=mode, fullgraph=True, dynamic=False)
+    if mode == "freezing":
+        # Inference-only: inductor folds the weights in as constants and prepacks them for oneDNN, which on CPUs with
+        # AMX saves the per-call repacking of every weight matrix into the tile layout.
+        options = dict(fullgraph=True, dynamic=False, options={"freezing": True})
+    else:
+        options = dict(mode=mode, fullgraph=True, dynamic=False)
     return torch.compile(model.encode, **options), torch.compile(model.decode, **options)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Where the compiled encode + decode spends its GPU time: one 16 x 10 s batch of the paper-scale model in bf16,
-compiled with CUDA graphs, timed and then profiled kernel by kernel. Prints the time per kernel category (cuBLAS
+compiled with CUDA graphs (or `--mode default` without), timed and then profiled kernel by kernel. Prints the time per kernel category (cuBLAS
 matmuls, attention, inductor's Triton kernels), the GPU's idle gaps and the top kernels, and writes JSON.
 
     python3 benchmarks/profile_kernels.py --json $OUT/profile.json            # on the GPU machine
@@ -96,11 +96,12 @@ def profile_call(function, top: int) -> dict:
     return kernel_summary(kernels)
 
 
-def compiled_codec(model, functions: str, audio: torch.Tensor):
-    """A call that encodes and decodes `audio` with CUDA graphs; each call starts a new graph step, and the codes
-    are copied between two separately compiled functions (a graph's output is overwritten by its next replay)."""
+def compiled_codec(model, functions: str, audio: torch.Tensor, mode: str = "reduce-overhead"):
+    """A call that encodes and decodes `audio`, compiled in `mode` (CUDA graphs by default); each call starts a new
+    graph step, and the codes are copied between two separately compiled functions (a graph's output is
+    overwritten by its next replay)."""
     def compile_(function):
-        return torch.compile(function, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        return torch.compile(function, mode=mode, fullgraph=True, dynamic=False)
 
     if functions == "joint":
         codec = compile_(lambda values: model.decode(model.encode(values).audio_codes).audio_values)
@@ -124,6 +125,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--functions", nargs="+", choices=["joint", "apart"], default=["joint"])
     parser.add_argument("--attention", default="sdpa", choices=["sdpa", "eager", "flex_attention"])
+    parser.add_argument("--mode", default="reduce-overhead", choices=["reduce-overhead", "default"],
+                        help="torch.compile mode: with CUDA graphs (the benchmark's recipe) or without")
     parser.add_argument("--top", type=int, default=18, help="kernels listed")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -140,7 +143,7 @@ def main(argv=None) -> None:
     for functions in args.functions:
         torch._dynamo.reset()
         started = time.perf_counter()
-        call = compiled_codec(model, functions, audio)
+        call = compiled_codec(model, functions, audio, args.mode)
         with torch.no_grad():
             call()
             torch.cuda.synchronize()
@@ -153,7 +156,7 @@ def main(argv=None) -> None:
               f"{entry['profile']['busy_ms']:.2f} ms of kernels ({summary}), "
               f"{len(entry['profile']['gaps'])} gaps over {GAP_US:.0f} us", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"batch": args.batch, "seconds": args.seconds, "attention": args.attention,
+        args.json.write_text(json.dumps({"batch": args.batch, "seconds": args.seconds, "attention": args.attention, "mode": args.mode,
                                          "torch": torch.__version__, "device": torch.cuda.get_device_name(),
                                          "results": results}, indent=1) + "\n")
 

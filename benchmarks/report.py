@@ -14,7 +14,7 @@ FORMAT = "transformers-stable-codec-benchmark/1"
 CONTENDER_ORDER = ["stable-codec", "original", "mimi", "dac", "xcodec2"]
 DTYPE_ORDER = ["fp32", "bf16", "fp16"]
 ATTENTION_ORDER = ["eager", "sdpa", "flex_attention", "flash_attention_2"]
-COMPILE_ORDER = ["none", "default", "reduce-overhead", "max-autotune"]
+COMPILE_ORDER = ["none", "default", "freezing", "reduce-overhead", "max-autotune"]
 SCENARIO_ORDER = ["1x10s", "16x10s", "1x60s", "1x3600s"]
 WORKLOAD_COLUMNS = [("encode", "encode"), ("decode", "decode"), ("both", "encode+decode")]
 HEADERS = ["where", "codec", "dtype", "attention", "compile", "batch x clip", "encode", "decode", "encode+decode",
@@ -168,6 +168,13 @@ def flops_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def cores_label(machine: dict) -> str:
+    """'2 CPU cores', or '2 of 16 CPU cores' for a run pinned with taskset, with AMX where the CPU has it."""
+    cores, of = machine.get("cpu_cores"), machine.get("machine_cpu_cores")
+    label = f"{cores} of {of} CPU cores" if of and of != cores else f"{cores} CPU cores"
+    return label + (" (AMX-BF16)" if machine.get("cpu_has_amx_bf16") else "")
+
+
 def runs_summary(results: dict) -> str:
     """What each run measured on: machine, versions, ceilings, and where it stopped early."""
     lines = []
@@ -178,7 +185,7 @@ def runs_summary(results: dict) -> str:
             gpu = (f" ({machine['gpu']}, {machine.get('gpu_memory_gib')} GiB, {machine.get('multiprocessors')} SMs, "
                    f"driver {machine.get('driver') or '?'}; CPU {machine.get('cpu_model')})")
         lines.append(
-            f"run {run_id}: {run['where']}{gpu}; {machine.get('cpu_cores')} CPU cores, {machine.get('torch_threads')} "
+            f"run {run_id}: {run['where']}{gpu}; {cores_label(machine)}, {machine.get('torch_threads')} "
             f"torch threads; torch {versions.get('torch')}, transformers {versions.get('transformers')}, CUDA "
             f"{versions.get('cuda') or '—'}, ours {versions.get('transformers_stable_codec')} at "
             f"{versions.get('git_commit')}"

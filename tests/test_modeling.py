@@ -356,13 +356,15 @@ def test_mismatched_padding_mask_raises(tiny_model):
 
 
 @pytest.mark.slow
-def test_compiled_encode_and_decode_have_no_graph_breaks(tiny_model):
+@pytest.mark.parametrize("options", [None, {"freezing": True}], ids=["default", "freezing"])
+def test_compiled_encode_and_decode_have_no_graph_breaks(tiny_model, options):
+    """Also with inductor's freezing, the CPU recipe (weights folded in as constants and prepacked for oneDNN)."""
     audio = speechlike(1, 1.0)
     torch._dynamo.reset()
     with torch.no_grad():
         eager_codes = tiny_model.encode(audio).audio_codes
-        compiled_encode = torch.compile(tiny_model.encode, fullgraph=True)
-        compiled_decode = torch.compile(tiny_model.decode, fullgraph=True)
+        compiled_encode = torch.compile(tiny_model.encode, fullgraph=True, options=options)
+        compiled_decode = torch.compile(tiny_model.decode, fullgraph=True, options=options)
         codes = compiled_encode(audio).audio_codes
         audio_values = compiled_decode(codes).audio_values
         expected = tiny_model.decode(eager_codes).audio_values
