@@ -12,6 +12,7 @@ import contextlib
 import copy
 
 import torch
+from torch._inductor import config as inductor_config
 
 from benchmarks.original_codec import build_original, original_model_config
 from transformers_stable_codec import StableCodecConfig, StableCodecModel
@@ -31,12 +32,23 @@ def compile_codec_functions(model: StableCodecModel, mode: str):
     if mode == "none":
         return model.encode, model.decode
     if mode == "freezing":
-        # Inference-only: inductor folds the weights in as constants and prepacks them for oneDNN, which on CPUs with
-        # AMX saves the per-call repacking of every weight matrix into the tile layout.
-        options = dict(fullgraph=True, dynamic=False, options={"freezing": True})
-    else:
-        options = dict(mode=mode, fullgraph=True, dynamic=False)
+        return frozen_compile(model.encode), frozen_compile(model.decode)
+    options = dict(mode=mode, fullgraph=True, dynamic=False)
     return torch.compile(model.encode, **options), torch.compile(model.decode, **options)
+
+
+def frozen_compile(function):
+    """`torch.compile` with inductor's freezing, for inference: the weights become constants, prepacked for oneDNN /
+    MKL, which on CPUs with AMX saves repacking every weight matrix into the tile layout on every call. Freezing is
+    read from inductor's global config when a graph compiles (`torch.compile(options={"freezing": True})` leaves it
+    off), so each call sets it for its own duration."""
+    compiled = torch.compile(function, fullgraph=True, dynamic=False)
+
+    def call(*args, **kwargs):
+        with inductor_config.patch(freezing=True):
+            return compiled(*args, **kwargs)
+
+    return call
 
 
 class Contender:

@@ -356,20 +356,40 @@ def test_mismatched_padding_mask_raises(tiny_model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [None, {"freezing": True}], ids=["default", "freezing"])
-def test_compiled_encode_and_decode_have_no_graph_breaks(tiny_model, options):
-    """Also with inductor's freezing, the CPU recipe (weights folded in as constants and prepacked for oneDNN)."""
+def test_compiled_encode_and_decode_have_no_graph_breaks(tiny_model):
     audio = speechlike(1, 1.0)
     torch._dynamo.reset()
     with torch.no_grad():
         eager_codes = tiny_model.encode(audio).audio_codes
-        compiled_encode = torch.compile(tiny_model.encode, fullgraph=True, options=options)
-        compiled_decode = torch.compile(tiny_model.decode, fullgraph=True, options=options)
+        compiled_encode = torch.compile(tiny_model.encode, fullgraph=True)
+        compiled_decode = torch.compile(tiny_model.decode, fullgraph=True)
         codes = compiled_encode(audio).audio_codes
         audio_values = compiled_decode(codes).audio_values
         expected = tiny_model.decode(eager_codes).audio_values
     assert (codes == eager_codes).float().mean() > 0.999
     assert relative_error(audio_values, expected) < 1e-4
+
+
+@pytest.mark.slow
+def test_frozen_compile_prepacks_every_linear_and_matches_eager(tiny_model):
+    """The CPU recipe (docs/stable_codec.md): with inductor's freezing every projection runs on weights prepacked for
+    MKL / oneDNN (none is left to a plain matmul that repacks its weight on every call), with eager's results."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.utils import run_and_get_code
+
+    audio = speechlike(1, 1.0)
+    torch._dynamo.reset()
+    with torch.no_grad(), inductor_config.patch(freezing=True):
+        expected = tiny_model.encode(audio)
+        encoded, generated = run_and_get_code(torch.compile(tiny_model.encode, fullgraph=True), audio)
+        decoded = torch.compile(tiny_model.decode, fullgraph=True)(expected.audio_codes).audio_values
+        expected_audio = tiny_model.decode(expected.audio_codes).audio_values
+    code = "\n".join(generated)
+    num_linears = sum(isinstance(module, torch.nn.Linear) for module in tiny_model.encoder.modules())
+    packed = code.count("torch.ops.mkl._mkl_linear.default(") + code.count("torch.ops.mkldnn._linear_pointwise.default(")
+    assert packed == num_linears and "extern_kernels.mm(" not in code and "extern_kernels.addmm(" not in code
+    assert relative_error(encoded.latents, expected.latents) < 1e-5
+    assert relative_error(decoded, expected_audio) < 1e-5
 
 
 @pytest.mark.slow
