@@ -515,3 +515,21 @@ def test_blocked_attention_gradients_are_finite_and_match(monkeypatch):
         transformer(hidden, None).pow(2).mean().backward()
         gradients.append(hidden.grad.clone())
     assert torch.isfinite(gradients[0]).all() and relative_error(gradients[0], gradients[1]) < 1e-5
+
+
+# --- flex attention's block mask -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frames, left, right", [(500, 63, 64), (250, 63, 64), (300, 10, 5), (1000, 200, 100)])
+def test_flex_block_mask_lists_the_blocks_that_the_dense_mask_touches(frames, left, right):
+    """Built from block bounds, the mask must hold exactly the key blocks that torch's `create_block_mask` finds by
+    evaluating the window frame by frame: one too few drops keys, one too many wastes a tile."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from transformers_stable_codec.modeling_stable_codec import sliding_window_block_mask, sliding_window_mask_function
+
+    mask_function = sliding_window_mask_function(left, right, None)
+    ours = sliding_window_block_mask(frames, left, right, mask_function, torch.device("cpu"))
+    reference = create_block_mask(mask_function, 1, 1, frames, frames, device="cpu")
+    assert torch.equal(ours.to_dense(), reference.to_dense())
+    assert ours.seq_lengths == (frames, frames) and ours.mask_mod is mask_function

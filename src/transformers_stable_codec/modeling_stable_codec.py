@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.attention.flex_attention import create_block_mask
+from torch.nn.attention.flex_attention import BlockMask
 from torch.nn.utils import parametrize
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
@@ -144,6 +144,31 @@ def sliding_window_mask_function(left: int, right: int, frame_is_valid: torch.Te
         return in_window & (frame_is_valid[batch_idx, kv_idx] | ~frame_is_valid[batch_idx, q_idx])
 
     return mask_function
+
+
+def sliding_window_block_mask(
+    num_frames: int, left: int, right: int, mask_function: Callable, device: torch.device, block_size: int = 128
+) -> BlockMask:
+    """Flex attention's block-sparse mask for the window, from block bounds alone: query block `i` meets the key
+    blocks that overlap frames `i * block_size - left .. (i + 1) * block_size - 1 + right`, and `mask_function`
+    cuts the window's edges and padding inside them. Index arithmetic on (blocks x blocks) integers, so it compiles
+    into the encode / decode graphs, where torch 2.11's `create_block_mask` made flex's kernel fault at paper scale
+    (illegal memory access). One mask for the whole batch: `mask_function` reads each clip's padding itself."""
+    blocks = torch.arange(-(-num_frames // block_size), device=device)
+    query_blocks, key_blocks = blocks[:, None], blocks[None, :]
+    overlaps = (key_blocks * block_size <= (query_blocks + 1) * block_size - 1 + right) & (
+        (key_blocks + 1) * block_size - 1 >= query_blocks * block_size - left
+    )
+    kv_num_blocks = overlaps.sum(dim=-1, dtype=torch.int32)
+    # Each row lists its overlapping key blocks first, in order: a stable sort of the "does not overlap" flags.
+    kv_indices = torch.argsort((~overlaps).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return BlockMask.from_kv_blocks(
+        kv_num_blocks[None, None],
+        kv_indices[None, None],
+        BLOCK_SIZE=block_size,
+        mask_mod=mask_function,
+        seq_lengths=(num_frames, num_frames),
+    )
 
 
 @dataclass
@@ -422,10 +447,9 @@ class StableCodecTransformer(nn.Module):
             queries = hidden_states.new_empty(batch_size * blocks.num_blocks, blocks.block_size, 0)
             keys = hidden_states.new_empty(batch_size * blocks.num_blocks, blocks.key_length, 0)
             mask_function = blocks.mask_function(frame_is_valid)
-        if implementation == "flex_attention" and torch.compiler.is_compiling():
-            # transformers builds flex masks with `create_block_mask(_compile=True)`, whose deprecation warning breaks
-            # the graph; inside a compiled graph the mask's construction is compiled along with it.
-            attention_mask = create_block_mask(mask_function, batch_size, None, num_frames, num_frames, hidden_states.device)
+        if implementation == "flex_attention":
+            # Not transformers' builder: its `create_block_mask(_compile=True)` warns, which breaks a compiled graph.
+            attention_mask = sliding_window_block_mask(num_frames, left, right, mask_function, hidden_states.device)
         else:
             attention_mask = create_bidirectional_mask(
                 config=self.config,
