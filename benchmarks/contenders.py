@@ -107,6 +107,7 @@ class StableCodecContender(Contender):
         self.sampling_rate = model.config.sampling_rate
         self.hop_length = model.config.hop_length
         self._encode, self._decode = model.encode, model.decode
+        self._cuda_graphs = False
 
     def attention_options(self, requested: list[str]) -> list[str]:
         return list(requested)
@@ -127,11 +128,19 @@ class StableCodecContender(Contender):
         if attention != self.model.config._attn_implementation:
             self.model.set_attn_implementation(attention)
         self._encode, self._decode = compile_codec_functions(self.model, compile_mode)
+        self._cuda_graphs = compile_mode in ("reduce-overhead", "max-autotune")
 
     def encode(self, audio):
-        return self._encode(audio).audio_codes
+        if not self._cuda_graphs:
+            return self._encode(audio).audio_codes
+        # Each call is a step of its own, and the codes leave the graph's memory, which the next replay overwrites
+        # (the encode + decode workload passes them on; profile_kernels.py does the same).
+        torch.compiler.cudagraph_mark_step_begin()
+        return self._encode(audio).audio_codes.clone()
 
     def decode(self, codes):
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         return self._decode(codes).audio_values
 
     def encode_for_decoding(self, audio):
