@@ -436,9 +436,12 @@ class StableCodecTransformer(nn.Module):
             return StableCodecAttentionLayout(frame_is_valid=frame_is_valid)
         batch_size, num_frames, _ = hidden_states.shape
         left, right = self.config.sliding_window
-        blocks = None
-        if implementation != "flex_attention":
-            blocks = LocalAttentionBlocks.for_sequence(num_frames, left, right)
+        if implementation == "flex_attention":
+            # Not transformers' builder: its `create_block_mask(_compile=True)` warns, which breaks a compiled graph.
+            mask_function = sliding_window_mask_function(left, right, frame_is_valid)
+            block_mask = sliding_window_block_mask(num_frames, left, right, mask_function, hidden_states.device)
+            return StableCodecAttentionLayout(block_mask, frame_is_valid=frame_is_valid)
+        blocks = LocalAttentionBlocks.for_sequence(num_frames, left, right)
         if blocks is None:
             queries, keys = hidden_states, None
             mask_function = sliding_window_mask_function(left, right, frame_is_valid)
@@ -447,17 +450,13 @@ class StableCodecTransformer(nn.Module):
             queries = hidden_states.new_empty(batch_size * blocks.num_blocks, blocks.block_size, 0)
             keys = hidden_states.new_empty(batch_size * blocks.num_blocks, blocks.key_length, 0)
             mask_function = blocks.mask_function(frame_is_valid)
-        if implementation == "flex_attention":
-            # Not transformers' builder: its `create_block_mask(_compile=True)` warns, which breaks a compiled graph.
-            attention_mask = sliding_window_block_mask(num_frames, left, right, mask_function, hidden_states.device)
-        else:
-            attention_mask = create_bidirectional_mask(
-                config=self.config,
-                inputs_embeds=queries,
-                attention_mask=None,
-                encoder_hidden_states=keys,
-                and_mask_function=mask_function,
-            )
+        attention_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=queries,
+            attention_mask=None,
+            encoder_hidden_states=keys,
+            and_mask_function=mask_function,
+        )
         if implementation == "sdpa" and attention_mask is not None and attention_mask.dtype == torch.bool:
             # sdpa turns a boolean mask into an additive bias on every call; every layer of the stage shares one.
             bias = torch.zeros(attention_mask.shape, dtype=hidden_states.dtype, device=hidden_states.device)
