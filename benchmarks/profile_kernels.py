@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Where the compiled encode + decode spends its GPU time: one 16 x 10 s batch of the paper-scale model in bf16,
-compiled with CUDA graphs (or `--mode default` without), timed and then profiled kernel by kernel. Prints the time per kernel category (cuBLAS
-matmuls, attention, inductor's Triton kernels), the GPU's idle gaps and the top kernels, and writes JSON.
+compiled with CUDA graphs (or `--mode default` without), timed and then profiled kernel by kernel. Prints the time
+per kernel category (cuBLAS matmuls, attention, inductor's Triton kernels), the GPU's idle gaps and the top
+kernels, and writes JSON.
 
     python3 benchmarks/profile_kernels.py --json $OUT/profile.json            # on the GPU machine
 
@@ -156,9 +157,9 @@ def main(argv=None) -> None:
               f"{entry['profile']['busy_ms']:.2f} ms of kernels ({summary}), "
               f"{len(entry['profile']['gaps'])} gaps over {GAP_US:.0f} us", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"batch": args.batch, "seconds": args.seconds, "attention": args.attention, "mode": args.mode,
-                                         "torch": torch.__version__, "device": torch.cuda.get_device_name(),
-                                         "results": results}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"batch": args.batch, "seconds": args.seconds, "attention": args.attention,
+                                         "mode": args.mode, "torch": torch.__version__,
+                                         "device": torch.cuda.get_device_name(), "results": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
