@@ -260,8 +260,8 @@ TINY_CONFIG = dict(
 )
 
 
-def tiny_stable_codec_config() -> StableCodecConfig:
-    return StableCodecConfig(**copy.deepcopy(TINY_CONFIG))
+def tiny_stable_codec_config(**overrides) -> StableCodecConfig:
+    return StableCodecConfig(**{**copy.deepcopy(TINY_CONFIG), **overrides})
 
 
 def peer_model(name: str, tiny: bool) -> torch.nn.Module:

@@ -1,4 +1,3 @@
-import copy
 import pathlib
 import shutil
 import subprocess
@@ -9,7 +8,7 @@ import torch
 import transformers_stable_codec  # noqa: F401  (registers the Auto classes)
 from transformers_stable_codec import StableCodecConfig, StableCodecModel
 
-from benchmarks.contenders import TINY_CONFIG
+from benchmarks.contenders import tiny_stable_codec_config
 
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -18,7 +17,7 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 def tiny_config(**overrides) -> StableCodecConfig:
     """The benchmark's tiny model: two stages (50 Hz then 25 Hz), short windows; small enough for a 2-core CPU, rich
     enough to break."""
-    return StableCodecConfig(**{**copy.deepcopy(TINY_CONFIG), **overrides})
+    return tiny_stable_codec_config(**overrides)
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
