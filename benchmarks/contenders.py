@@ -134,7 +134,7 @@ class StableCodecContender(Contender):
         if not self._cuda_graphs:
             return self._encode(audio).audio_codes
         # Each call is a step of its own, and the codes leave the graph's memory, which the next replay overwrites
-        # (the encode + decode workload passes them on; profile_kernels.py does the same).
+        # (the encode + decode workload passes them on; profile_kernels.py calls this too).
         torch.compiler.cudagraph_mark_step_begin()
         return self._encode(audio).audio_codes.clone()
 

@@ -22,16 +22,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from benchmarks.benchmark_codecs import GIB, configure_precision, load_config, synchronize
+from benchmarks.benchmark_codecs import GIB, configure_precision, load_config, speechlike_audio, synchronize
 from transformers_stable_codec import StableCodecModel
-
-
-def speechlike(seconds: float, rate: int, generator: torch.Generator) -> torch.Tensor:
-    """Noise shaped by a slow random envelope: a stand-in with speech's pauses and level changes."""
-    samples = int(seconds * rate)
-    envelope = torch.rand(samples // 1600 + 2, generator=generator)
-    envelope = torch.nn.functional.interpolate(envelope[None, None], size=samples, mode="linear")[0, 0]
-    return (0.1 * envelope * torch.randn(samples, generator=generator))[None, None]
 
 
 def code(model, audio, chunk_length_s=None):
@@ -61,9 +53,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = StableCodecModel(config).eval().requires_grad_(False)
     model.set_attn_implementation(args.attn_implementation)
-    generator = torch.Generator().manual_seed(0)
     longest = max(args.lengths)
-    clip = speechlike(longest, config.sampling_rate, generator)
+    clip = speechlike_audio(1, int(longest * config.sampling_rate), config.sampling_rate, torch.device("cpu"))
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "torch": torch.__version__, "attention": args.attn_implementation, "memory": [], "chunked": None}
 

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
 from benchmarks.benchmark_codecs import load_config
+from benchmarks.contenders import StableCodecContender
 from transformers_stable_codec import StableCodecModel
 
 CATEGORIES = {
@@ -98,24 +99,24 @@ def profile_call(function, top: int) -> dict:
 
 
 def compiled_codec(model, functions: str, audio: torch.Tensor, mode: str = "reduce-overhead"):
-    """A call that encodes and decodes `audio`, compiled in `mode` (CUDA graphs by default); each call starts a new
-    graph step, and the codes are copied between two separately compiled functions (a graph's output is
-    overwritten by its next replay)."""
-    def compile_(function):
-        return torch.compile(function, mode=mode, fullgraph=True, dynamic=False)
+    """A call that encodes and decodes `audio`, compiled in `mode` (CUDA graphs by default). `apart` is the
+    benchmark's own call (`StableCodecContender`: encode and decode compiled separately, each call a graph step of
+    its own); `joint` compiles encode + decode as one function, one graph step per call."""
+    if functions == "apart":
+        contender = StableCodecContender(model)
+        contender.configure(model.config._attn_implementation, mode)
+        return lambda: contender.decode(contender.encode(audio))
+    codec = torch.compile(
+        lambda values: model.decode(model.encode(values).audio_codes).audio_values,
+        mode=mode,
+        fullgraph=True,
+        dynamic=False,
+    )
 
-    if functions == "joint":
-        codec = compile_(lambda values: model.decode(model.encode(values).audio_codes).audio_values)
+    def call():
+        torch.compiler.cudagraph_mark_step_begin()
+        return codec(audio)
 
-        def call():
-            torch.compiler.cudagraph_mark_step_begin()
-            return codec(audio)
-    else:
-        encode, decode = compile_(model.encode), compile_(model.decode)
-
-        def call():
-            torch.compiler.cudagraph_mark_step_begin()
-            return decode(encode(audio).audio_codes.clone()).audio_values
     return call
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
+from benchmarks.benchmark_codecs import speechlike_audio
 from transformers_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecConfig, StableCodecModel
 from transformers_stable_codec.modeling_stable_codec import StableCodecFSQ, StableCodecResidualFSQ
 
@@ -13,11 +14,8 @@ from .conftest import randomize_, relative_error, tiny_config
 
 
 def speechlike(batch: int, seconds: float, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    num_samples = int(16000 * seconds)
-    time = torch.arange(num_samples) / 16000
-    tone = torch.sin(2 * math.pi * 180 * time) * torch.sin(2 * math.pi * 3 * time).abs()
-    return (0.3 * tone + 0.05 * torch.randn(batch, 1, num_samples, generator=generator)).float()
+    """The benchmarks' synthetic voiced speech at 16 kHz, (batch, 1, samples), on CPU."""
+    return speechlike_audio(batch, int(16000 * seconds), 16000, torch.device("cpu"), seed)
 
 
 # --- config -------------------------------------------------------------------------------------------------------
