@@ -4,8 +4,11 @@ and the chunked path (`chunk_length_s`) against the unchunked one on the same ho
 
 For each dtype and each length it encodes and decodes one clip in a single call and records the time and the peak
 CUDA memory (weights included); the growth per hour is the slope between the two longest lengths. Then, in the
-first dtype, it codes the longest clip again in chunks and compares: latents (max |difference| / max |latent|),
-codes (share identical), audio (max |difference|). Prints a table and writes JSON.
+first dtype, it codes the longest clip again in chunks and compares each half with the single call: the encoder's
+latents (max |difference| / max |latent|) and codes (share identical), and the decoder's audio from the same codes
+(max |difference|). The audio of the chunked encode + decode is recorded too: where a latent lies within float
+rounding of an FSQ level boundary, the two encodes may pick neighbouring codes, and the audio differs around that
+frame. Prints a table and writes JSON.
 
     python3 benchmarks/long_form.py --json $OUT/long_form.json            # on the GPU machine
     python benchmarks/long_form.py --device cpu --config tiny --lengths 20 60 --chunk-length-s 10
@@ -84,25 +87,30 @@ def main() -> None:
 
         if dtype_name == args.dtypes[0]:
             long_audio = clip.to(device)
+            ref_latents, ref_codes, ref_audio = reference
             with torch.inference_mode():
                 latents, codes, decoded, elapsed = code(model, long_audio, args.chunk_length_s)
-            ref_latents, ref_codes, ref_audio = reference
+                decoded_from_same_codes = model.decode(ref_codes, chunk_length_s=args.chunk_length_s).audio_values
             chunked = dict(
                 dtype=dtype_name, seconds=longest, chunk_length_s=args.chunk_length_s, elapsed_s=elapsed,
                 latents_max_relative=float((latents - ref_latents).abs().max() / ref_latents.abs().max()),
                 codes_identical=float((codes == ref_codes).double().mean()),
-                audio_max_abs=float((decoded.float() - ref_audio.float()).abs().max()),
+                codes_differing=int((codes != ref_codes).any(dim=1).sum()),  # frames; codes: (batch, tokens, frames)
+                audio_max_abs=float((decoded_from_same_codes.float() - ref_audio.float()).abs().max()),
+                end_to_end_audio_max_abs=float((decoded.float() - ref_audio.float()).abs().max()),
                 audio_max=float(ref_audio.abs().max()),
             )
             results["chunked"] = chunked
             print(
-                f"chunked ({args.chunk_length_s:g} s chunks) vs one call, {longest:g} s, {dtype_name}: latents "
+                f"chunked ({args.chunk_length_s:g} s chunks) vs one call, {longest:g} s, {dtype_name}: encoder: "
+                f"latents "
                 f"{chunked['latents_max_relative']:.2e} (max, relative), codes {100 * chunked['codes_identical']:.4f}% "
-                f"identical, audio {chunked['audio_max_abs']:.2e} max abs (peak |audio| {chunked['audio_max']:.3f}); "
-                f"{elapsed:.2f} s",
+                f"identical ({chunked['codes_differing']} frames differ); decoder, same codes: audio "
+                f"{chunked['audio_max_abs']:.2e} max abs (peak |audio| {chunked['audio_max']:.3f}); encode + decode: "
+                f"audio {chunked['end_to_end_audio_max_abs']:.2e} max abs; {elapsed:.2f} s",
                 flush=True,
             )
-            del latents, codes, decoded, reference
+            del latents, codes, decoded, decoded_from_same_codes, reference
         model.to("cpu")
 
     if args.json:
