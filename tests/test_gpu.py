@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from transformers_stable_codec import StableCodecModel
+from transformers_stable_codec.training.trainer import enable_activation_checkpointing
 
 from .conftest import randomize_, relative_error, requires_cuda, tiny_config
 from .test_modeling import speechlike
@@ -67,7 +68,7 @@ def test_compiled_encode_decode_on_gpu_without_graph_breaks(implementation):
 @pytest.mark.parametrize("implementation", BACKENDS)
 def test_bf16_training_step_with_gradient_checkpointing(implementation):
     model = gpu_model(implementation, dtype=torch.bfloat16).train()
-    model.gradient_checkpointing_enable()
+    enable_activation_checkpointing(model)
     audio = speechlike(2, 1.0).cuda().bfloat16()
     output = model(audio)
     loss = (output.audio_values.float() - audio.float()).abs().mean()

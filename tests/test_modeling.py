@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModel
 from benchmarks.benchmark_codecs import speechlike_audio
 from transformers_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecConfig, StableCodecModel
 from transformers_stable_codec.modeling_stable_codec import StableCodecFSQ, StableCodecResidualFSQ
+from transformers_stable_codec.training.trainer import enable_activation_checkpointing
 
 from .conftest import randomize_, relative_error, tiny_config
 
@@ -303,7 +304,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for checkpointing in (False, True):
         model.zero_grad()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_activation_checkpointing(model)
         torch.manual_seed(0)
         model(audio).audio_values.pow(2).mean().backward()
         grads.append(model.encoder.stages[1].transformer.layers[0].attention.qkv_proj.weight.grad.clone())

@@ -46,6 +46,13 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; training stopped before the optimizer step, without saving."""
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Checkpoints every transformer layer. transformers renamed `gradient_checkpointing_enable` to
+    `activation_checkpointing_enable` within 5.x (the old name now warns); both are supported releases here."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """The process's own part of a parameter: the shard of an FSDP DTensor, the tensor itself otherwise."""
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
@@ -210,7 +217,7 @@ class StableCodecTrainer:
         else:
             codec = StableCodecModel(StableCodecConfig(**section.config, attn_implementation=section.attn_implementation))
         if section.gradient_checkpointing:
-            codec.gradient_checkpointing_enable()
+            enable_activation_checkpointing(codec)
         return codec
 
     @staticmethod
