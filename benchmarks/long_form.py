@@ -102,10 +102,10 @@ def main() -> None:
             )
             results["chunked"] = chunked
             print(
-                f"chunked ({args.chunk_length_s:g} s chunks) vs one call, {longest:g} s, {dtype_name}: encoder: "
-                f"latents "
-                f"{chunked['latents_max_relative']:.2e} (max, relative), codes {100 * chunked['codes_identical']:.4f}% "
-                f"identical ({chunked['codes_differing']} frames differ); decoder, same codes: audio "
+                f"chunked ({args.chunk_length_s:g} s chunks) vs one call, {longest:g} s, {dtype_name}: "
+                f"encoder: latents {chunked['latents_max_relative']:.2e} (max, relative), codes "
+                f"{100 * chunked['codes_identical']:.4f}% identical ({chunked['codes_differing']} frames differ); "
+                f"decoder, same codes: audio "
                 f"{chunked['audio_max_abs']:.2e} max abs (peak |audio| {chunked['audio_max']:.3f}); encode + decode: "
                 f"audio {chunked['end_to_end_audio_max_abs']:.2e} max abs; {elapsed:.2f} s",
                 flush=True,
