@@ -23,7 +23,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from benchmarks.benchmark_codecs import load_config
+from benchmarks.profile_kernels import add_workload_arguments, bf16_model_and_batch
 from transformers_stable_codec import StableCodecModel
 
 TRITON_ONLY = {
@@ -50,6 +50,8 @@ def linear_calls(model: StableCodecModel, audio: torch.Tensor) -> Counter:
 
 
 def gpu_ms(function, *args, iterations: int = 50) -> float:
+    """Mean GPU time of back-to-back calls: kernels of tens of microseconds, which `profile_kernels.time_call`'s
+    synchronize around each call would time together with their launch."""
     for _ in range(5):
         function(*args)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -80,19 +82,14 @@ def time_shape(rows: int, in_features: int, out_features: int, has_bias: bool, d
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="paper")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    add_workload_arguments(parser)
     parser.add_argument("--target", type=float, default=8000.0, help="x real time the call budget is derived from")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device: it times cuBLAS and inductor's Triton matmuls")
 
-    torch.manual_seed(0)
-    config = load_config(args.config)
-    model = StableCodecModel(config).eval().to("cuda", torch.bfloat16)
-    audio = 0.1 * torch.randn(args.batch, 1, int(args.seconds * config.sampling_rate), device="cuda", dtype=torch.bfloat16)
+    model, audio = bf16_model_and_batch(args)
     calls = linear_calls(model, audio)
     del model
 
@@ -101,7 +98,8 @@ def main(argv=None) -> None:
         timing = time_shape(tokens, in_features, out_features, has_bias, torch.bfloat16)
         for key in totals:
             totals[key] += count * timing[key]
-        rows.append({"rows": tokens, "in": in_features, "out": out_features, "bias": has_bias, "calls": count, **timing})
+        shape = {"rows": tokens, "in": in_features, "out": out_features, "bias": has_bias, "calls": count}
+        rows.append({**shape, **timing})
         print(
             f"{tokens:>6} x {in_features:>5} -> {out_features:>5}{' +bias' if has_bias else '      '}  x{count:<3} "
             f"cuBLAS {timing['cublas_ms'] * 1e3:7.1f} us ({timing['gflop'] / timing['cublas_ms']:5.0f} TFLOP/s)  "
@@ -111,7 +109,8 @@ def main(argv=None) -> None:
     budget_ms = args.batch * args.seconds / args.target * 1e3
     print(
         f"\nall {sum(calls.values())} projections of one encode + decode of {args.batch} x {args.seconds:g} s: "
-        f"{totals['gflop'] / 1e3:.2f} TFLOP; cuBLAS {totals['cublas_ms']:.2f} ms, Triton {totals['triton_ms']:.2f} ms; "
+        f"{totals['gflop'] / 1e3:.2f} TFLOP; cuBLAS {totals['cublas_ms']:.2f} ms, "
+        f"Triton {totals['triton_ms']:.2f} ms; "
         f"{args.target:,.0f}x allows {budget_ms:.2f} ms per call for everything"
     )
     if args.json:

@@ -120,11 +120,25 @@ def compiled_codec(model, functions: str, audio: torch.Tensor, mode: str = "redu
     return call
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="paper", help="paper (default) | tiny | a model_config.json or config.json")
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config`, `--batch`, `--seconds`: the model and batch that `bf16_model_and_batch` makes."""
+    parser.add_argument("--config", default="paper", help="paper (default) | tiny | model_config.json | config.json")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
+
+
+def bf16_model_and_batch(args, device: str = "cuda") -> tuple[StableCodecModel, torch.Tensor]:
+    """The model of `--config` in bf16 with seeded random weights, and a batch of noise (`--batch` x `--seconds`):
+    kernel time does not depend on what the audio sounds like."""
+    torch.manual_seed(0)
+    model = StableCodecModel(load_config(args.config)).eval().to(device, torch.bfloat16)
+    audio = 0.1 * torch.randn(args.batch, 1, round(args.seconds * model.config.sampling_rate), device=device)
+    return model, audio
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_workload_arguments(parser)
     parser.add_argument("--functions", nargs="+", choices=["joint", "apart"], default=["joint"])
     parser.add_argument("--attention", default="sdpa", choices=["sdpa", "eager", "flex_attention"])
     parser.add_argument("--mode", default="reduce-overhead", choices=["reduce-overhead", "default"],
@@ -135,12 +149,9 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         parser.error("profiles CUDA kernels: run it on a GPU machine")
 
-    torch.manual_seed(0)
-    model = StableCodecModel(load_config(args.config)).eval().to("cuda", torch.bfloat16)
+    model, audio = bf16_model_and_batch(args)
     model.set_attn_implementation(args.attention)
-    sampling_rate = model.config.sampling_rate
-    audio = 0.1 * torch.randn(args.batch, 1, round(args.seconds * sampling_rate), device="cuda")
-    audio_seconds = args.batch * audio.shape[-1] / sampling_rate
+    audio_seconds = args.batch * audio.shape[-1] / model.config.sampling_rate
     results = {}
     for functions in args.functions:
         torch._dynamo.reset()
