@@ -57,7 +57,8 @@ for path in (REPO / "src", REPO):
 import torch
 
 from benchmarks import report
-from benchmarks.contenders import CONTENDER_LABELS, build_contender, tiny_stable_codec_config
+from benchmarks.contenders import CONTENDER_LABELS, build_contender
+from tests.model_helpers import speechlike_audio, tiny_config
 
 CONTENDERS = list(CONTENDER_LABELS)
 WORKLOADS = ["encode", "decode", "both"]
@@ -117,14 +118,14 @@ def plan_cases(args) -> list[Case]:
 def load_config(name: str):
     """`paper`, `tiny`, or a path to an original `model_config.json` / our `config.json`."""
     from transformers_stable_codec import StableCodecConfig
-    from transformers_stable_codec.original_checkpoint import config_from_original, read_original_config
+    from transformers_stable_codec.original_checkpoint import read_original_config
 
     if name == "tiny":
-        return tiny_stable_codec_config()
+        return tiny_config()
     path = PAPER_CONFIG if name == "paper" else Path(name)
     original = read_original_config(path)
     if original.get("model_type") == "autoencoder":
-        return config_from_original(original)
+        return StableCodecConfig.from_original_config(original)
     return StableCodecConfig.from_dict(original)
 
 
@@ -314,22 +315,6 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, size: int, repeats:
 
 
 # --- inputs, FLOPs, timing ------------------------------------------------------------------------------------------
-
-
-def speechlike_audio(batch: int, num_samples: int, sampling_rate: int, device: torch.device, seed: int = 0) -> torch.Tensor:
-    """Synthetic voiced speech, float32 (batch, 1, samples): harmonics of a wandering pitch (90-250 Hz, a different
-    voice per clip) under a syllable envelope of about 4 Hz, plus breath noise; peaks near 0.5."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    time_s = torch.arange(num_samples, device=device, dtype=torch.float64) / sampling_rate
-    base = 90 + 160 * torch.rand(batch, 1, device=device, dtype=torch.float64, generator=generator)
-    drift = torch.rand(batch, 1, device=device, dtype=torch.float64, generator=generator) * 2 * math.pi
-    pitch = base * (1 + 0.08 * torch.sin(2 * math.pi * 0.7 * time_s + drift))
-    phase = torch.remainder(torch.cumsum(2 * math.pi * pitch / sampling_rate, dim=-1), 2 * math.pi).float()
-    del pitch
-    voiced = sum(torch.sin(harmonic * phase) / harmonic for harmonic in range(1, 7))
-    envelope = torch.sin(2 * math.pi * 2.1 * time_s.float() + drift.float()).abs() ** 2
-    noise = 0.02 * torch.randn(batch, num_samples, device=device, generator=generator)
-    return (0.3 * voiced * envelope + noise)[:, None, :]
 
 
 def cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

@@ -162,7 +162,7 @@ class StableCodecContender(Contender):
             self._encode, self._decode = encode, decode
 
     def flop_note(self) -> str:
-        left, right = self.model.config.sliding_window
+        left, right = self.model.config.attention_window
         blocks = LocalAttentionBlocks.for_sequence(2**31, left, right).block_size  # the model's own rule
         return (
             "FlopCounterMode over one uncompiled encode / decode on the sdpa path (for every backend): the matmuls "
@@ -252,16 +252,6 @@ class Xcodec2Contender(Contender):
 
     def decode(self, codes):
         return self.model.decode(audio_codes=codes).audio_values
-
-
-# Two small stages (50 Hz then 25 Hz), short windows: for smoke runs, and the tests' tiny model.
-TINY_CONFIG = dict(
-    hidden_size=128, channel_multipliers=[1, 2], strides=[1, 2], transformer_depths=[1, 2], sliding_window=[3, 4]
-)
-
-
-def tiny_stable_codec_config(**overrides) -> StableCodecConfig:
-    return StableCodecConfig(**{**copy.deepcopy(TINY_CONFIG), **overrides})
 
 
 def peer_model(name: str, tiny: bool) -> torch.nn.Module:

@@ -25,7 +25,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from benchmarks.benchmark_codecs import GIB, configure_precision, load_config, speechlike_audio, synchronize
+from benchmarks.benchmark_codecs import GIB, configure_precision, load_config, synchronize
+from tests.model_helpers import speechlike_audio
 from transformers_stable_codec import StableCodecModel
 
 

@@ -46,11 +46,11 @@ def original_unavailable_reason() -> str | None:
 
 def original_model_config(config: StableCodecConfig) -> dict:
     """The original layout's `model_config.json` (as a dict) for the architecture of `config`: the inverse of
-    `transformers_stable_codec.original_checkpoint.config_from_original`."""
+    `StableCodecConfig.from_original_config`."""
     return autoencoder_model_config(
         sample_rate=config.sampling_rate, patch_size=config.patch_size, channels=config.hidden_size,
         c_mults=config.channel_multipliers, strides=config.strides, transformer_depths=config.transformer_depths,
-        sliding_window=config.sliding_window, latent_dim=config.latent_dim, levels=list(config.fsq_levels),
+        sliding_window=config.attention_window, latent_dim=config.latent_dim, levels=list(config.fsq_levels),
         noise_dropout=config.fsq_noise_dropout,
     )
 

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from transformers_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecModel
-from transformers_stable_codec.original_checkpoint import OriginalCheckpointError, model_from_original
+from transformers_stable_codec import OriginalCheckpointError
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -61,7 +61,7 @@ High-Quality Speech Coding](https://arxiv.org/abs/2411.19842), converted from th
 This is {VARIANTS[variant]}.
 
 {parameters / 1e6:.0f}M parameters, {model.sampling_rate} Hz mono speech, {model.frame_rate:g} latent frames per second,
-sliding-window attention {tuple(model.config.sliding_window)}.
+sliding-window attention {model.config.attention_window}.
 
 ## Usage
 
@@ -94,10 +94,8 @@ format, not their terms.
 def verify_against_original(model: StableCodecModel, config_path: str, checkpoint_path: str) -> None:
     """Runs the original (if importable here) side by side on a test signal and prints the largest differences."""
     try:
+        from original_reference import replace_quantizer, set_attention_mode  # beside this script
         from stable_codec.model import StableCodec  # noqa: F401
-
-        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-        from conversion.original_reference import replace_quantizer, set_attention_mode
     except ImportError as error:
         print(f"--verify: the original stable-codec is not importable here ({error}); skipped the comparison.")
         return
@@ -135,7 +133,7 @@ def main(argv=None):
         if not pathlib.Path(path).is_file():
             parser.error(f"{path} does not exist")
     try:
-        model = model_from_original(args.config_path, args.checkpoint_path, progress=True)
+        model = StableCodecModel.from_original_checkpoint(args.config_path, args.checkpoint_path, progress=True)
     except OriginalCheckpointError as error:
         sys.exit(f"Cannot convert {args.checkpoint_path}: {error}")
     if args.verify:

@@ -8,16 +8,11 @@ import torch
 import transformers_stable_codec  # noqa: F401  (registers the Auto classes)
 from transformers_stable_codec import StableCodecConfig, StableCodecModel
 
-from benchmarks.contenders import tiny_stable_codec_config
+from .model_helpers import tiny_config
 
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
-
-def tiny_config(**overrides) -> StableCodecConfig:
-    """The benchmark's tiny model: two stages (50 Hz then 25 Hz), short windows; small enough for a 2-core CPU, rich
-    enough to break."""
-    return tiny_stable_codec_config(**overrides)
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -62,3 +57,13 @@ def synthesize_speech(path: pathlib.Path, text: str, sampling_rate: int = 16000,
     )
     raw.unlink()
     return path
+
+
+# Our stand-ins for modules transformers' sdist leaves out (tests/transformers_common.py): imported, never collected.
+collect_ignore = ["transformers_common_standins"]
+
+
+def pytest_configure(config):
+    # The marks transformers' common tests carry (declared in transformers' own pytest configuration).
+    for mark in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
+        config.addinivalue_line("markers", f"{mark}: a mark of transformers' common model tests")

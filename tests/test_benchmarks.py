@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from benchmarks import benchmark_codecs, report
-from benchmarks.contenders import StableCodecContender, tiny_stable_codec_config
+from benchmarks.contenders import StableCodecContender
 from benchmarks.original_codec import original_model_config
-from transformers_stable_codec.original_checkpoint import config_from_original
+from transformers_stable_codec import StableCodecConfig
+
+from .model_helpers import tiny_config
 
 COMMON = ["--device", "cpu", "--config", "tiny", "--repeats", "3", "--warmup", "1", "--ceiling-size", "256"]
 
@@ -98,7 +100,7 @@ def test_eager_path_counts_the_same_flops_as_sdpa():
     torch.manual_seed(0)
     from transformers_stable_codec import StableCodecModel
 
-    contender = StableCodecContender(StableCodecModel(tiny_stable_codec_config()).eval().requires_grad_(False))
+    contender = StableCodecContender(StableCodecModel(tiny_config()).eval().requires_grad_(False))
     audio = torch.randn(1, 1, 64000) * 0.1
     for backend in ("eager", "flex_attention"):  # flex is counted on the sdpa path
         contender.configure(backend, "none")
@@ -205,13 +207,13 @@ def test_peers_run_through_their_own_apis(tmp_path):
 
 
 def test_original_layout_round_trips_through_the_converter():
-    tiny = tiny_stable_codec_config()
-    assert config_from_original(original_model_config(tiny)).to_dict() == tiny.to_dict()
+    tiny = tiny_config()
+    assert StableCodecConfig.from_original_config(original_model_config(tiny)).to_dict() == tiny.to_dict()
     shipped = json.loads(benchmark_codecs.PAPER_CONFIG.read_text())
-    rebuilt = original_model_config(config_from_original(shipped))
+    rebuilt = original_model_config(StableCodecConfig.from_original_config(shipped))
     for section in ("pretransform", "encoder", "decoder"):
         assert rebuilt["model"][section] == shipped["model"][section]
-    assert benchmark_codecs.load_config("paper").to_dict() == config_from_original(shipped).to_dict()
+    assert benchmark_codecs.load_config("paper").to_dict() == StableCodecConfig.from_original_config(shipped).to_dict()
 
 
 def test_the_original_builds_and_runs_in_process(tmp_path):

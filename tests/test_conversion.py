@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 
-from transformers_stable_codec import OriginalCheckpointError, StableCodecModel
-from transformers_stable_codec.original_checkpoint import config_from_original, model_from_original
+from transformers_stable_codec import OriginalCheckpointError, StableCodecConfig, StableCodecModel
+
 
 from .conftest import FIXTURES
 
@@ -81,7 +81,7 @@ def test_converter_writes_the_model_preprocessor_and_card(converted):
     assert "| `2x15625_700bps` | 2 | 15,625 | 697 |" in card and "| `4x729_1000bps` | 4 | 729 | 951 |" in card
     assert "finetuned with a CTC phoneme head" in card and 'AutoModel.from_pretrained("' in card
     config = json.loads((dump / "config.json").read_text())
-    assert config["model_type"] == "stable_codec" and config["sliding_window"] == [7, 8]
+    assert config["model_type"] == "stable_codec" and (config["attention_window_left"], config["attention_window_right"]) == (7, 8)
 
 
 def test_converted_on_the_fly_and_reloaded_models_are_identical(converted, tmp_path):
@@ -126,10 +126,10 @@ def test_both_weight_norm_layouts_and_both_file_formats_load_the_same_weights(tm
             renamed[key.replace(".weight_v", ".parametrizations.weight.original1")] = value
         return renamed
 
-    reference = model_from_original(SMALL_A / "model_config.json", SMALL_A / "model.safetensors").state_dict()
+    reference = StableCodecModel.from_original_checkpoint(SMALL_A / "model_config.json", SMALL_A / "model.safetensors").state_dict()
     for weights, transform in (("model.ckpt", None), ("model.safetensors", to_parametrizations)):
         folder = original_folder(tmp_path / weights, weights=weights, transform=transform)
-        loaded = model_from_original(folder / "model_config.json", folder / weights).state_dict()
+        loaded = StableCodecModel.from_original_checkpoint(folder / "model_config.json", folder / weights).state_dict()
         assert all(torch.equal(loaded[key], value) for key, value in reference.items())
 
 
@@ -181,6 +181,31 @@ save_file(out, sys.argv[3])
     codes = load_file(codes_file)
     for name, source in (("a", SMALL_A), ("b", SMALL_B)):
         assert torch.equal(codes[name], load_file(source / "reference.safetensors")["codes"].transpose(1, 2))
+
+
+def test_one_load_looks_each_hub_file_up_once(tmp_path, monkeypatch):
+    """AutoModel reaches the config loader and the model loader, and the feature extractor comes next: together they
+    ask the Hub for each file of the original layout once."""
+    import huggingface_hub
+    from transformers import AutoFeatureExtractor
+
+    from transformers_stable_codec import original_checkpoint
+
+    populate_hub_cache(tmp_path / "hub", "stabilityai/stable-codec-speech-16k", SMALL_A, "model.ckpt", tmp_path)
+    requested = []
+    download = huggingface_hub.hf_hub_download
+
+    def counting_download(repo_id, filename, **kwargs):
+        requested.append(filename)
+        return download(repo_id, filename, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", counting_download)
+    monkeypatch.setattr(original_checkpoint, "_hub_lookups", {})
+    options = dict(cache_dir=tmp_path / "hub", local_files_only=True)
+    model = AutoModel.from_pretrained("stabilityai/stable-codec-speech-16k", **options)
+    extractor = AutoFeatureExtractor.from_pretrained("stabilityai/stable-codec-speech-16k", **options)
+    assert isinstance(model, StableCodecModel) and extractor.hop_length == model.config.hop_length
+    assert sorted(requested) == ["config.json", "model.ckpt", "model.safetensors", "model_config.json"]
 
 
 # --- errors -----------------------------------------------------------------------------------------------------------
@@ -242,7 +267,7 @@ def test_unsupported_original_options_are_refused_by_name(edit, message):
     original = json.loads((SMALL_A / "model_config.json").read_text())
     edit(original)
     with pytest.raises(OriginalCheckpointError, match=message):
-        config_from_original(original)
+        StableCodecConfig.from_original_config(original)
 
 
 def test_auto_classes_still_raise_their_own_errors_for_other_folders(tmp_path):

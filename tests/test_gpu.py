@@ -10,7 +10,7 @@ from transformers_stable_codec import StableCodecModel
 from transformers_stable_codec.training.trainer import enable_activation_checkpointing
 
 from .conftest import randomize_, relative_error, requires_cuda, tiny_config
-from .test_modeling import speechlike
+from .model_helpers import speechlike
 
 
 pytestmark = [requires_cuda, pytest.mark.gpu]
@@ -44,7 +44,7 @@ def test_padded_batch_equals_clips_alone_on_gpu(implementation, monkeypatch):
 
 
 def test_flex_mask_is_block_sparse_so_memory_is_linear_in_length():
-    model = gpu_model("flex_attention", sliding_window=[63, 64])
+    model = gpu_model("flex_attention", attention_window_left=63, attention_window_right=64)
     for frames in (4096, 16384):
         hidden = torch.zeros(1, frames, 8, device="cuda")
         block_mask = model.encoder.stages[0].transformer.attention_layout(hidden, None).attention_mask

@@ -14,7 +14,7 @@ from transformers_stable_codec.modeling_stable_codec import (
 )
 
 from .conftest import randomize_, tiny_config
-from .test_modeling import speechlike
+from .model_helpers import speechlike
 
 
 def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -28,7 +28,7 @@ def chunk_model() -> StableCodecModel:
     noise: with a context one frame short on either side, chunked outputs miss the whole-signal ones by 4.7e-4 or
     more of their largest value, against 1e-6 with the full context (see test_the_whole_receptive_field_is_needed)."""
     torch.manual_seed(0)
-    config = tiny_config(transformer_depths=[1, 1], sliding_window=[3, 4], initializer_range=0.05)
+    config = tiny_config(transformer_depths=[1, 1], attention_window_left=3, attention_window_right=4, initializer_range=0.05)
     return randomize_(StableCodecModel(config)).eval()
 
 
@@ -52,7 +52,7 @@ def changed_frames(before: torch.Tensor, after: torch.Tensor, steps_per_frame: i
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(transformer_depths=[2, 2]), dict(strides=[2, 2]), dict(sliding_window=[0, 5]), dict(sliding_window=[7, 0])],
+    [dict(transformer_depths=[2, 2]), dict(strides=[2, 2]), dict(attention_window_left=0, attention_window_right=5), dict(attention_window_left=7, attention_window_right=0)],
     ids=["depths-2-2", "strides-2-2", "window-0-5", "window-7-0"],
 )
 def test_receptive_field_is_exact(overrides):

@@ -1,22 +1,19 @@
 """Properties of the model that a wrong implementation breaks: the window, batching, bottlenecks, errors, I/O."""
 
+import json
 import math
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from transformers import AutoConfig, AutoModel
 
-from benchmarks.benchmark_codecs import speechlike_audio
 from transformers_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecConfig, StableCodecModel
 from transformers_stable_codec.modeling_stable_codec import StableCodecFSQ, StableCodecResidualFSQ
 from transformers_stable_codec.training.trainer import enable_activation_checkpointing
 
 from .conftest import randomize_, relative_error, tiny_config
-
-
-def speechlike(batch: int, seconds: float, seed: int = 0) -> torch.Tensor:
-    """The benchmarks' synthetic voiced speech at 16 kHz, (batch, 1, samples), on CPU."""
-    return speechlike_audio(batch, int(16000 * seconds), 16000, torch.device("cpu"), seed)
+from .model_helpers import speechlike
 
 
 # --- config -------------------------------------------------------------------------------------------------------
@@ -26,7 +23,7 @@ def test_default_config_is_the_paper_scale_model():
     config = StableCodecConfig()
     assert (config.sampling_rate, config.patch_size, config.hop_length, config.frame_rate) == (16000, 320, 640, 25.0)
     assert config.stage_widths == [1024, 1024] and config.transformer_depths == [14, 14]
-    assert config.sliding_window == [63, 64] and config.rotary_dim == 64
+    assert config.attention_window == (63, 64) and config.rotary_dim == 64
     assert config.codebook_size == 17**6
 
 
@@ -40,9 +37,10 @@ def test_paper_scale_parameter_count():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(sliding_window=[4]), "sliding_window"),
+        (dict(attention_window_left=-1), "attention_window_left"),
         (dict(strides=[1]), "one entry per stage"),
         (dict(hidden_size=100), "multiple of `head_dim`"),
+        (dict(head_dim=16, hidden_size=64), "heads need at least 32 channels"),
         (dict(fsq_levels=[17] * 5), "one level count per latent channel"),
         (dict(fsq_levels=[1] * 6), "at least 2 levels"),
         (dict(patch_size=0), "patch_size"),
@@ -51,13 +49,46 @@ def test_paper_scale_parameter_count():
     ],
 )
 def test_invalid_config_raises_naming_the_field(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    # `@strict` runs `validate_architecture` and wraps its ValueError, as for every transformers config.
+    with pytest.raises(StrictDataclassClassValidationError, match=message) as raised:
         tiny_config(**overrides)
+    assert isinstance(raised.value.__cause__, ValueError)
+
+
+def test_the_window_is_checked_on_assignment_and_at_save(tmp_path):
+    config = tiny_config()
+    with pytest.raises(StrictDataclassFieldValidationError, match="attention_window_right"):
+        config.attention_window_right = [3, 4]
+    config.attention_window_left = -2
+    with pytest.raises(StrictDataclassClassValidationError, match="attention_window_left"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_configs_saved_with_the_window_pair_keep_loading(tmp_path):
+    legacy = tiny_config().to_dict()
+    del legacy["attention_window_left"], legacy["attention_window_right"]
+    (tmp_path / "config.json").write_text(json.dumps({**legacy, "sliding_window": [5, 9]}))
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.attention_window == (5, 9) and "sliding_window" not in loaded.to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({**legacy, "sliding_window": [5]}))
+    with pytest.raises(ValueError, match="sliding_window"):
+        AutoConfig.from_pretrained(tmp_path)
+
+
+def test_transformers_generic_sliding_window_does_not_change_the_model(tmp_path, tiny_model):
+    """transformers' shared code reads `config.sliding_window` as an int; setting one must neither break loading nor
+    change the window."""
+    config = tiny_config()
+    config.sliding_window = 2
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.sliding_window == 2 and loaded.attention_window == tiny_model.config.attention_window
 
 
 def test_auto_classes_and_save_load_roundtrip_is_bit_exact(tmp_path, tiny_model):
     tiny_model.save_pretrained(tmp_path)
-    assert AutoConfig.from_pretrained(tmp_path).to_dict()["sliding_window"] == [3, 4]
+    assert AutoConfig.from_pretrained(tmp_path).attention_window == (3, 4)
     loaded = AutoModel.from_pretrained(tmp_path)
     assert isinstance(loaded, StableCodecModel) and not loaded.training
     for (name, ours), (other_name, theirs) in zip(tiny_model.state_dict().items(), loaded.state_dict().items()):
@@ -94,7 +125,7 @@ def reference_windowed_attention(query, key, value, left, right):
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_attention_is_exactly_the_asymmetric_window(implementation):
-    config = tiny_config(sliding_window=[2, 5])
+    config = tiny_config(attention_window_left=2, attention_window_right=5)
     config._attn_implementation = implementation
     model = randomize_(StableCodecModel(config)).eval()
     attention_module = model.encoder.stages[1].transformer.layers[0].attention
@@ -147,15 +178,15 @@ def test_bfloat16_model_keeps_float32_rope_frequencies(tiny_model):
 
 
 def test_window_changes_the_output():
-    narrow, wide = tiny_config(sliding_window=[3, 4]), tiny_config(sliding_window=[200, 200])
+    narrow, wide = tiny_config(attention_window_left=3, attention_window_right=4), tiny_config(attention_window_left=200, attention_window_right=200)
     torch.manual_seed(1)
     model = randomize_(StableCodecModel(narrow)).eval()
     audio = speechlike(1, 2.0)
     with torch.no_grad():
         windowed = model.encode(audio).latents
-        model.config.sliding_window = wide.sliding_window
+        model.config.attention_window_left, model.config.attention_window_right = wide.attention_window
         full = model.encode(audio).latents
-        model.config.sliding_window = narrow.sliding_window
+        model.config.attention_window_left, model.config.attention_window_right = narrow.attention_window
     assert relative_error(full, windowed) > 1e-3
 
 
@@ -201,14 +232,14 @@ def test_each_clip_of_a_padded_batch_gets_the_codes_it_gets_alone(tiny_model):
     batch[1, :, 13000:] = 0.7  # garbage in the padding must not leak into the real frames
     with torch.no_grad():
         batched = tiny_model.encode(batch, padding_mask=padding_mask, posthoc_bottleneck="4x729_1000bps")
-        decoded = tiny_model.decode(batched.audio_codes, "4x729_1000bps", audio_codes_mask=batched.audio_codes_mask)
+        decoded = tiny_model.decode(batched.audio_codes, batched.audio_codes_mask, "4x729_1000bps")
         for index, clip in enumerate(clips):
             alone = tiny_model.encode(clip, posthoc_bottleneck="4x729_1000bps")
             frames = alone.audio_codes.shape[-1]
             assert int(batched.audio_codes_mask[index].sum()) == frames == math.ceil(lengths[index] / 640)
             assert torch.equal(batched.audio_codes[index, :, :frames], alone.audio_codes[0])
             assert relative_error(batched.latents[index, :, :frames], alone.latents[0]) < 1e-5
-            decoded_alone = tiny_model.decode(alone.audio_codes, "4x729_1000bps").audio_values
+            decoded_alone = tiny_model.decode(alone.audio_codes, posthoc_bottleneck="4x729_1000bps").audio_values
             samples = decoded_alone.shape[-1]
             assert relative_error(decoded.audio_values[index, :, :samples], decoded_alone[0]) < 1e-5
             assert not decoded.audio_values[index, :, samples:].any()
@@ -481,7 +512,7 @@ def test_flash_attention_path_computes_the_window_and_packs_padded_clips(tiny_mo
 def test_blocked_attention_equals_the_full_band_mask_with_padding(implementation, monkeypatch):
     from transformers_stable_codec.modeling_stable_codec import LocalAttentionBlocks
 
-    model = randomize_(StableCodecModel(tiny_config(sliding_window=[5, 9]))).eval()
+    model = randomize_(StableCodecModel(tiny_config(attention_window_left=5, attention_window_right=9))).eval()
     model.set_attn_implementation(implementation)
     transformer = model.encoder.stages[1].transformer
     hidden = torch.randn(2, 256, 700)
@@ -503,7 +534,7 @@ def test_blocked_attention_equals_the_full_band_mask_with_padding(implementation
 def test_blocked_attention_gradients_are_finite_and_match(monkeypatch):
     from transformers_stable_codec.modeling_stable_codec import LocalAttentionBlocks
 
-    model = randomize_(StableCodecModel(tiny_config(sliding_window=[3, 4]))).train()
+    model = randomize_(StableCodecModel(tiny_config(attention_window_left=3, attention_window_right=4))).train()
     transformer = model.encoder.stages[1].transformer
     hidden = torch.randn(1, 256, 300, requires_grad=True)
     gradients = []

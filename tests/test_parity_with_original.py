@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from transformers_stable_codec import POSTHOC_BOTTLENECK_PRESETS
-from transformers_stable_codec.original_checkpoint import model_from_original
+from transformers_stable_codec import StableCodecModel
 
 from .conftest import FIXTURES, relative_error, requires_cuda
 
@@ -23,7 +23,7 @@ GRID_PRESETS = ["2x15625_700bps", "4x729_1000bps"]
 
 def load_fixture(name: str, attn_implementation: str = "sdpa", device="cpu", dtype=torch.float32):
     folder = FIXTURES / "parity" / name
-    model = model_from_original(folder / "model_config.json", folder / "model.safetensors")
+    model = StableCodecModel.from_original_checkpoint(folder / "model_config.json", folder / "model.safetensors")
     model.set_attn_implementation(attn_implementation)
     reference = load_file(folder / "reference.safetensors")
     return model.to(device=device, dtype=dtype), reference
@@ -76,9 +76,9 @@ def test_the_window_matters_in_the_fixtures(name):
     """Full attention (the original's silent fallback without flash-attn) gives clearly different latents, and the
     fixture configs keep the window much shorter than the sequences."""
     model, reference = load_fixture(name)
-    assert max(model.config.sliding_window) * 4 < reference["latents"].shape[-1]
+    assert max(model.config.attention_window) * 4 < reference["latents"].shape[-1]
     assert relative_error(reference["latents_full_attention"], reference["latents"]) > 1e-2
-    model.config.sliding_window = [10_000, 10_000]
+    model.config.attention_window_left = model.config.attention_window_right = 10_000
     with torch.no_grad():
         full = model.encode(reference["input_values"]).latents
     assert relative_error(full, reference["latents_full_attention"]) < 1e-4

@@ -526,4 +526,4 @@ def test_the_shipped_demo_model_is_the_default_and_says_what_it_is():
     assert "A demonstration, not a speech codec for real use" in card and "espeak-ng" in card
     assert "| phone error rate, held-out sentences (greedy CTC) | 119.8% | 24.2% |" in card
     model = StableCodecModel.from_pretrained(folder)
-    assert model.config.sliding_window == [15, 16] and 5e6 < sum(p.numel() for p in model.parameters()) < 6e6
+    assert model.config.attention_window == (15, 16) and 5e6 < sum(p.numel() for p in model.parameters()) < 6e6

@@ -16,7 +16,7 @@ from .modeling_stable_codec import (
     StableCodecOutput,
     StableCodecPreTrainedModel,
 )
-from .original_checkpoint import OriginalCheckpointError, register_original_layout_with_auto_classes
+from .original_checkpoint import OriginalCheckpointError, find_original_layout
 
 
 __version__ = "0.1.0"
@@ -24,7 +24,34 @@ __version__ = "0.1.0"
 AutoConfig.register(StableCodecConfig.model_type, StableCodecConfig, exist_ok=True)
 AutoModel.register(StableCodecConfig, StableCodecModel, exist_ok=True)
 AutoFeatureExtractor.register(StableCodecConfig, StableCodecFeatureExtractor, exist_ok=True)
-register_original_layout_with_auto_classes()
+
+
+def _fall_back_to_the_original_layout(auto_class, stable_codec_class):
+    """A repo in the original layout has model_config.json where the Auto classes look for config.json (and
+    preprocessor_config.json). Where their own lookup fails on such a repo, load it with our class, whose loaders
+    read that layout; for every other location their error stands."""
+    auto_from_pretrained = auto_class.from_pretrained.__func__
+    if getattr(auto_from_pretrained, "stable_codec_fallback", False):
+        return
+
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        try:
+            return auto_from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
+        except (OSError, ValueError):
+            if find_original_layout(pretrained_model_name_or_path, **kwargs) is None:
+                raise
+        return stable_codec_class.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    from_pretrained.stable_codec_fallback = True
+    auto_class.from_pretrained = classmethod(from_pretrained)
+
+
+for _auto_class, _stable_codec_class in (
+    (AutoConfig, StableCodecConfig),
+    (AutoModel, StableCodecModel),
+    (AutoFeatureExtractor, StableCodecFeatureExtractor),
+):
+    _fall_back_to_the_original_layout(_auto_class, _stable_codec_class)
 
 __all__ = [
     "OriginalCheckpointError",

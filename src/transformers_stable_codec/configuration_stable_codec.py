@@ -2,7 +2,20 @@
 
 import math
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.utils import logging
+
+from .original_checkpoint import (
+    OriginalCheckpointError,
+    find_original_layout,
+    original_config_kwargs,
+    read_original_config,
+    split_loading_kwargs,
+)
+
+
+logger = logging.get_logger(__name__)
 
 
 # The post-hoc residual FSQ bottlenecks of the paper (Table 2), as (levels per latent dimension, scale) stages.
@@ -14,6 +27,7 @@ POSTHOC_BOTTLENECK_PRESETS: dict[str, list[tuple[list[int], float]]] = {
 }
 
 
+@strict
 class StableCodecConfig(PreTrainedConfig):
     r"""
     Configuration of a [`StableCodecModel`]: the Transformer Audio AutoEncoder of "Scaling Transformers for
@@ -33,8 +47,11 @@ class StableCodecConfig(PreTrainedConfig):
             the decoder). A stage with stride 1 and unchanged width has no convolution.
         transformer_depths (`list[int]`, defaults to `[14, 14]`): transformer layers in each stage.
         head_dim (`int`, defaults to 128): width of each attention head; stage widths must be multiples of it.
-        sliding_window (`list[int]`, defaults to `[63, 64]`): `(left, right)`: frame `i` attends to frames
-            `i - left` to `i + right`, at every stage's own frame rate.
+        attention_window_left (`int`, defaults to 63): frame `i` attends to frames `i - attention_window_left` to
+            `i + attention_window_right`, at every stage's own frame rate. (Not transformers' `sliding_window`, a
+            symmetric or causal size: this window is asymmetric. The original's `"sliding_window": [63, 64]` and
+            configs saved by earlier versions of this package are read into these two fields.)
+        attention_window_right (`int`, defaults to 64): frames after frame `i` that it attends to.
         norm_eps (`float`, defaults to 1e-2): epsilon of the pre-attention and pre-feed-forward layer norms.
         qk_norm_eps (`float`, defaults to 1e-6): epsilon of the per-head query and key layer norms.
         ff_mult (`int`, defaults to 4): width of the SwiGLU feed-forward over the stage width.
@@ -68,7 +85,8 @@ class StableCodecConfig(PreTrainedConfig):
     strides: list[int] | tuple[int, ...] = (1, 2)
     transformer_depths: list[int] | tuple[int, ...] = (14, 14)
     head_dim: int = 128
-    sliding_window: list[int] | tuple[int, ...] = (63, 64)
+    attention_window_left: int = 63
+    attention_window_right: int = 64
     norm_eps: float = 1e-2
     qk_norm_eps: float = 1e-6
     ff_mult: int = 4
@@ -81,19 +99,40 @@ class StableCodecConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         # JSON round-trips give lists; keep one type so saved and loaded configs compare equal.
-        for name in ("channel_multipliers", "strides", "transformer_depths", "sliding_window", "fsq_levels"):
+        for name in ("channel_multipliers", "strides", "transformer_depths", "fsq_levels"):
             setattr(self, name, [int(value) for value in getattr(self, name)])
-        self._validate_architecture()
+        self._read_legacy_window(kwargs)
         super().__post_init__(**kwargs)
 
-    def _validate_architecture(self):
+    def _read_legacy_window(self, kwargs: dict):
+        """Earlier versions saved the window as `"sliding_window": [left, right]`; read it into the two fields. Any
+        other `sliding_window` (transformers' generic code sets an int there) stays an attribute the model ignores."""
+        window = kwargs.get("sliding_window")
+        if isinstance(window, (list, tuple)):
+            if len(window) != 2 or not all(isinstance(size, int) and not isinstance(size, bool) for size in window):
+                raise ValueError(
+                    f"`sliding_window` of a saved Stable Codec config must be a (left, right) pair of integers, got "
+                    f"{window!r}."
+                )
+            kwargs.pop("sliding_window")
+            self.attention_window_left, self.attention_window_right = window
+        elif window is not None:
+            logger.warning_once(
+                f"`sliding_window={window!r}` is not read by Stable Codec: its asymmetric window is "
+                "`attention_window_left` / `attention_window_right`."
+            )
+
+    def validate_architecture(self):
+        """Checks that the fields describe a model this implementation can build and whose decoder gives back the
+        input length. Run by `@strict` after construction and before `save_pretrained`."""
+        super().validate_architecture()
+
         def fail(message):
             raise ValueError(f"Invalid StableCodecConfig: {message}")
 
         for name in ("sampling_rate", "patch_size", "hidden_size", "head_dim", "ff_mult", "latent_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                fail(f"`{name}` must be a positive integer, got {value!r}.")
+            if getattr(self, name) <= 0:
+                fail(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
         num_stages = len(self.channel_multipliers)
         if num_stages == 0:
             fail("`channel_multipliers` must name at least one stage.")
@@ -102,8 +141,11 @@ class StableCodecConfig(PreTrainedConfig):
                 f"`channel_multipliers`, `strides` and `transformer_depths` must have one entry per stage, got "
                 f"{len(self.channel_multipliers)}, {len(self.strides)} and {len(self.transformer_depths)}."
             )
-        if any(value <= 0 for value in self.channel_multipliers + self.strides):
-            fail(f"`channel_multipliers` and `strides` must be positive, got {self.channel_multipliers}, {self.strides}.")
+        if any(value <= 0 for value in [*self.channel_multipliers, *self.strides]):
+            fail(
+                "`channel_multipliers` and `strides` must be positive, got "
+                f"{self.channel_multipliers}, {self.strides}."
+            )
         if any(depth < 0 for depth in self.transformer_depths):
             fail(f"`transformer_depths` must be non-negative, got {self.transformer_depths}.")
         widths = self.stage_widths
@@ -115,11 +157,17 @@ class StableCodecConfig(PreTrainedConfig):
                     f"stage {index} has stride {stride} from width {in_width} to {out_width}: strides must be even, "
                     "or 1 with the width of the stage before, for the decoder to give back the input length."
                 )
+        if self.head_dim < self.rotary_dim:
+            fail(
+                f"`head_dim` is {self.head_dim}, but RoPE rotates max(head_dim // 2, 32) = {self.rotary_dim} channels of "
+                "each head (as the original does): heads need at least 32 channels."
+            )
         for width in widths:
             if width % self.head_dim != 0:
                 fail(f"stage width {width} is not a multiple of `head_dim` ({self.head_dim}).")
-        if len(self.sliding_window) != 2 or any(size < 0 for size in self.sliding_window):
-            fail(f"`sliding_window` must be a (left, right) pair of non-negative integers, got {self.sliding_window}.")
+        for name in ("attention_window_left", "attention_window_right"):
+            if getattr(self, name) < 0:
+                fail(f"`{name}` must be a non-negative number of frames, got {getattr(self, name)}.")
         if len(self.fsq_levels) != self.latent_dim:
             fail(f"`fsq_levels` needs one level count per latent channel ({self.latent_dim}), got {self.fsq_levels}.")
         if any(levels < 2 for levels in self.fsq_levels):
@@ -130,16 +178,28 @@ class StableCodecConfig(PreTrainedConfig):
             fail("layer norm epsilons must be positive.")
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Also reads the original layout's `model_config.json` (see `original_checkpoint`)."""
-        from .original_checkpoint import config_from_original, find_original_layout, read_original_config
+    def from_original_config(cls, model_config: dict, **overrides) -> "StableCodecConfig":
+        """The config of an original `model_config.json` (as a dict); raises `OriginalCheckpointError` naming any
+        option this implementation does not have."""
+        try:
+            return cls(**{**original_config_kwargs(model_config), **overrides})
+        except Exception as error:  # @strict wraps our ValueError: report the cause
+            cause = error.__cause__ or error
+            raise OriginalCheckpointError(f"the original config does not describe a valid Stable Codec: {cause}") from None
 
-        hub_kwargs = {key: kwargs.get(key) for key in ("subfolder", "cache_dir", "revision", "token", "local_files_only")}
-        layout = find_original_layout(pretrained_model_name_or_path, **hub_kwargs)
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        """Also reads a folder or Hub repo in the original layout (`model_config.json`, no `config.json`)."""
+        layout = find_original_layout(pretrained_model_name_or_path, **kwargs)
         if layout is None:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        config = config_from_original(read_original_config(layout[0]))
-        return (config, {}) if kwargs.get("return_unused_kwargs") else config
+            return super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        config = cls.from_original_config(read_original_config(layout.model_config_path))
+        return config.to_dict(), split_loading_kwargs(kwargs)[1]
+
+    @property
+    def attention_window(self) -> tuple[int, int]:
+        """`(left, right)` frames of the sliding window."""
+        return self.attention_window_left, self.attention_window_right
 
     @property
     def stage_widths(self) -> list[int]:

@@ -11,6 +11,8 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import TensorType, logging
 
+from .original_checkpoint import find_original_layout, original_config_kwargs, read_original_config, split_loading_kwargs
+
 
 logger = logging.get_logger(__name__)
 
@@ -98,14 +100,15 @@ class StableCodecFeatureExtractor(SequenceFeatureExtractor):
         self.target_loudness = float(target_loudness)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Also builds the extractor that fits an original-layout checkpoint, which has no preprocessor_config.json."""
-        from .original_checkpoint import feature_extractor_from_original_layout
-
-        extractor = feature_extractor_from_original_layout(pretrained_model_name_or_path, **kwargs)
-        if extractor is not None:
-            return extractor
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+    def get_feature_extractor_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        """Also reads a folder or Hub repo in the original layout, which has no preprocessor_config.json: the
+        extractor that fits its model."""
+        layout = find_original_layout(pretrained_model_name_or_path, **kwargs)
+        if layout is None:
+            return super().get_feature_extractor_dict(pretrained_model_name_or_path, **kwargs)
+        model = original_config_kwargs(read_original_config(layout.model_config_path))
+        hop_length = model["patch_size"] * math.prod(model["strides"])
+        return {"sampling_rate": model["sampling_rate"], "hop_length": hop_length}, split_loading_kwargs(kwargs)[1]
 
     def __call__(
         self,

@@ -7,7 +7,9 @@ bottlenecks, then the pretrained-model base and the model itself.
 import math
 import numbers
 from collections.abc import Callable, Sequence
+import os
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from torch import nn
@@ -17,10 +19,21 @@ from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedAudioTokenizerBase
-from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
 from .configuration_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecConfig
+from .original_checkpoint import (
+    ORIGINAL_WEIGHT_FILES,
+    OriginalCheckpointError,
+    convert_original_state_dict,
+    find_original_layout,
+    load_original_weights,
+    read_original_config,
+    split_loading_kwargs,
+)
 
+
+logger = logging.get_logger(__name__)
 
 PosthocBottleneck = str | Sequence[tuple[Sequence[int], float]] | None
 
@@ -286,7 +299,7 @@ def windowed_flash_attention_forward(
             "'flex_attention' for exact float32."
         )
     flash_fn, flash_varlen_fn = lazy_import_flash_attention(module.config._attn_implementation)[0][:2]
-    window = tuple(module.config.sliding_window)
+    window = module.config.attention_window
     query, key, value = (states.transpose(1, 2) for states in (query, key, value))  # (batch, frames, heads, dim)
     if frame_is_valid is None:
         return flash_fn(query, key, value, softmax_scale=scaling, causal=False, window_size=window)
@@ -435,7 +448,7 @@ class StableCodecTransformer(nn.Module):
         if implementation.startswith("flash_attention"):
             return StableCodecAttentionLayout(frame_is_valid=frame_is_valid)
         batch_size, num_frames, _ = hidden_states.shape
-        left, right = self.config.sliding_window
+        left, right = self.config.attention_window
         if implementation == "flex_attention":
             # Not transformers' builder: its `create_block_mask(_compile=True)` warns, which breaks a compiled graph.
             mask_function = sliding_window_mask_function(left, right, frame_is_valid)
@@ -525,7 +538,7 @@ def input_span(steps: Sequence[nn.Module], first: int, last: int) -> tuple[int, 
             else:
                 first, last = -((reach - padding - first) // stride), (last + padding) // stride
         elif isinstance(step, StableCodecTransformer):
-            left, right = step.config.sliding_window
+            left, right = step.config.attention_window
             first, last = first - left * len(step.layers), last + right * len(step.layers)
         else:
             raise TypeError(f"No receptive field rule for {type(step).__name__}.")
@@ -774,6 +787,17 @@ def resolve_posthoc_stages(posthoc_bottleneck: PosthocBottleneck, latent_dim: in
     return stages
 
 
+def check_kwargs(kwargs: dict) -> None:
+    """`**kwargs` carry transformers' shared options; anything else is a misspelt argument, which must not pass
+    unnoticed. Attention weights and hidden states are not returned by this model."""
+    unknown = sorted(set(kwargs) - set(TransformersKwargs.__annotations__))
+    if unknown:
+        raise TypeError(f"Unexpected keyword arguments {unknown}.")
+    requested = sorted(name for name in ("output_attentions", "output_hidden_states") if kwargs.get(name))
+    if requested:
+        raise ValueError(f"{requested}: Stable Codec returns neither attention weights nor hidden states.")
+
+
 class StableCodecPreTrainedModel(PreTrainedAudioTokenizerBase):
     config: StableCodecConfig
     base_model_prefix = "stable_codec"
@@ -789,26 +813,16 @@ class StableCodecPreTrainedModel(PreTrainedAudioTokenizerBase):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            if module.weight is not None:
-                init.ones_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, StableCodecLayerScale):
+        super()._init_weights(module)  # linear layers and layer norms
+        if isinstance(module, StableCodecLayerScale):
             init.constant_(module.scale, module.init_value)
         elif isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and parametrize.is_parametrized(module, "weight"):
             direction = module.parametrizations.weight.original1
             fan_in = direction[0].numel() if isinstance(module, nn.Conv1d) else direction.shape[0] * direction.shape[2]
             init.normal_(direction, mean=0.0, std=fan_in**-0.5)
             # Magnitude equal to the norm of the direction: the effective weight starts as the direction itself.
-            init.copy_(module.parametrizations.weight.original0, torch.linalg.vector_norm(direction, dim=(1, 2), keepdim=True))
-            if module.bias is not None:
-                init.zeros_(module.bias)
+            magnitude = torch.linalg.vector_norm(direction, dim=(1, 2), keepdim=True)
+            init.copy_(module.parametrizations.weight.original0, magnitude)
         elif isinstance(module, StableCodecFSQ):
             module.reset_buffers()
 
@@ -837,12 +851,74 @@ class StableCodecModel(StableCodecPreTrainedModel):
         + `model.safetensors` / `model.ckpt`, as Stability AI publishes `stabilityai/stable-codec-speech-16k`),
         which is converted on the fly.
         """
-        from .original_checkpoint import model_from_original_layout
-
-        model = model_from_original_layout(pretrained_model_name_or_path, **kwargs)
-        if model is not None:
-            return model
+        layout = find_original_layout(pretrained_model_name_or_path, **kwargs)
+        if layout is not None:
+            return cls._from_original_layout(layout, pretrained_model_name_or_path, **kwargs)
+        folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "config.json")):
+            raise OriginalCheckpointError(
+                f"{folder} holds no Stable Codec checkpoint: expected config.json + model.safetensors (this "
+                f"package's format) or model_config.json + {' or '.join(ORIGINAL_WEIGHT_FILES)} (the original layout)."
+            )
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    # What on-the-fly conversion honours; other `from_pretrained` arguments are refused by name.
+    _ORIGINAL_LAYOUT_KWARGS = {"attn_implementation", "config", "dtype", "torch_dtype", "device_map"}
+
+    @classmethod
+    def _from_original_layout(cls, layout, location, **kwargs) -> "StableCodecModel":
+        options = split_loading_kwargs(kwargs)[1]
+        unsupported = sorted(
+            key
+            for key, value in options.items()
+            if key not in cls._ORIGINAL_LAYOUT_KWARGS and not key.startswith("_") and value is not None
+        )
+        if unsupported:
+            raise ValueError(
+                f"{unsupported} are not supported when converting an original checkpoint on the fly; convert it once "
+                "with conversion/convert_stable_codec_checkpoint.py and load the result instead."
+            )
+        logger.info(
+            f"{location} is an original Stable Codec checkpoint ({os.path.basename(layout.weights_path)}): converting "
+            "it on the fly. `save_pretrained` the model to load it directly next time."
+        )
+        model = cls.from_original_checkpoint(layout.model_config_path, layout.weights_path, config=options.get("config"))
+        dtype = options.get("dtype") or options.get("torch_dtype")
+        if dtype not in (None, "auto"):
+            model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        if options.get("attn_implementation") is not None:
+            model.set_attn_implementation(options["attn_implementation"])
+        device = options.get("device_map")
+        if device is not None:
+            if not isinstance(device, (str, int, torch.device)) or device == "auto":
+                raise ValueError(
+                    "on-the-fly conversion places the model on one device: pass device_map='cuda:0' or similar."
+                )
+            model = model.to(device)
+        return model
+
+    @classmethod
+    def from_original_checkpoint(
+        cls, model_config_path, checkpoint_path, config: StableCodecConfig | None = None, progress: bool = False
+    ) -> "StableCodecModel":
+        """The model (float32, eval mode) of an original `model_config.json` and its weights (`model.safetensors`
+        or `model.ckpt`); `config`, if given, replaces the translated one and must describe the same weights.
+        Raises `OriginalCheckpointError` naming missing, unexpected or misshapen weights."""
+        config = config or StableCodecConfig.from_original_config(read_original_config(model_config_path))
+        model = cls(config)
+        expected = model.state_dict()
+        state_dict = convert_original_state_dict(
+            load_original_weights(checkpoint_path), len(config.strides), set(expected), progress
+        )
+        mismatched = [
+            f"{key}: checkpoint {tuple(tensor.shape)} vs config {tuple(expected[key].shape)}"
+            for key, tensor in state_dict.items()
+            if tensor.shape != expected[key].shape
+        ]
+        if mismatched:
+            raise OriginalCheckpointError(f"the checkpoint's weights do not fit its config: {mismatched[:10]}")
+        model.load_state_dict(state_dict, strict=True)
+        return model.eval()
 
     # What a user reads off the model --------------------------------------------------------------------------
 
@@ -979,14 +1055,12 @@ class StableCodecModel(StableCodecPreTrainedModel):
         return run_in_chunks(coder, inputs, frames_valid, chunk_frames, coder.receptive_field(), steps_per_frame, description)
 
     def _encode_latents(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None, chunk_frames: int | None):
-        """Pads to whole latent frames, runs the encoder; returns latents and the per-clip count of real frames."""
+        """Pads to whole latent frames and runs the encoder, keeping padding frames out of every clip's result."""
         num_samples = input_values.shape[-1]
         num_frames = -(-num_samples // self.hop_length)
         frames_valid = None
         if padding_mask is not None:
-            samples_valid = padding_mask.sum(dim=-1)
-            # A clip's last, partly filled frame counts: alone it would be padded with zeros to a whole frame.
-            frames_valid = torch.div(samples_valid + self.hop_length - 1, self.hop_length, rounding_mode="floor")
+            frames_valid = self._frames_valid(padding_mask)
             if torch.compiler.is_compiling() or not bool(padding_mask.all()):
                 input_values = mask_padding(input_values, padding_mask)
             if not torch.compiler.is_compiling() and int(frames_valid.min()) == num_frames:
@@ -994,7 +1068,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
         if num_frames * self.hop_length != num_samples:
             input_values = nn.functional.pad(input_values, (0, num_frames * self.hop_length - num_samples))
         # Feature extractors give float32 audio; a model loaded in bfloat16 computes in bfloat16.
-        return self._run_coder(self.encoder, input_values.to(self.dtype), frames_valid, chunk_frames), frames_valid
+        return self._run_coder(self.encoder, input_values.to(self.dtype), frames_valid, chunk_frames)
 
     @can_return_tuple
     def encode(
@@ -1003,7 +1077,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
         padding_mask: torch.Tensor | None = None,
         posthoc_bottleneck: PosthocBottleneck = None,
         chunk_length_s: float | None = None,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> StableCodecEncoderOutput:
         r"""
         Encodes a waveform into tokens.
@@ -1027,31 +1101,39 @@ class StableCodecModel(StableCodecPreTrainedModel):
                 (default) encodes the whole signal at once. A progress bar shows at `transformers` logging
                 verbosity INFO.
         """
+        check_kwargs(kwargs)
         padding_mask = self._check_audio(input_values, padding_mask)
         chunk_frames = self._chunk_frames(chunk_length_s)
-        latents, frames_valid = self._encode_latents(input_values, padding_mask, chunk_frames)
+        latents = self._encode_latents(input_values, padding_mask, chunk_frames)
         _, audio_codes = self._bottleneck(posthoc_bottleneck)(latents)
         return StableCodecEncoderOutput(
-            audio_codes=audio_codes,
-            latents=latents,
-            audio_codes_mask=self._codes_mask(padding_mask, frames_valid, latents.shape[-1]),
+            audio_codes=audio_codes, latents=latents, audio_codes_mask=self.get_audio_codes_mask(padding_mask)
         )
 
-    def _codes_mask(self, padding_mask, frames_valid, num_frames):
+    def get_audio_codes_mask(self, padding_mask: torch.Tensor | None) -> torch.LongTensor | None:
+        """The frame mask `(batch_size, frames)` of a sample mask `(batch_size, num_samples)` (or `(batch_size, 1,
+        num_samples)`): 1 for every latent frame that holds audio, a clip's last, partly filled frame included (the
+        frame it would get alone, zero-padded), 0 for frames of padding only. None for None."""
         if padding_mask is None:
             return None
-        if frames_valid is None:
-            return torch.ones(padding_mask.shape[0], num_frames, dtype=torch.long, device=padding_mask.device)
+        if padding_mask.dim() == 3:
+            padding_mask = padding_mask[:, 0]
+        num_frames = -(-padding_mask.shape[-1] // self.hop_length)
+        frames_valid = self._frames_valid(padding_mask.bool())
         return frame_masks(frames_valid, [num_frames], [1])[0].long()
+
+    def _frames_valid(self, padding_mask: torch.Tensor) -> torch.Tensor:
+        """Latent frames per clip that hold audio: a clip's last, partly filled frame counts."""
+        return torch.div(padding_mask.sum(dim=-1) + self.hop_length - 1, self.hop_length, rounding_mode="floor")
 
     @can_return_tuple
     def decode(
         self,
         audio_codes: torch.Tensor,
-        posthoc_bottleneck: PosthocBottleneck = None,
         audio_codes_mask: torch.Tensor | None = None,
+        posthoc_bottleneck: PosthocBottleneck = None,
         chunk_length_s: float | None = None,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> StableCodecDecoderOutput:
         r"""
         Decodes tokens into a waveform.
@@ -1059,17 +1141,18 @@ class StableCodecModel(StableCodecPreTrainedModel):
         Args:
             audio_codes (`torch.LongTensor` of shape `(batch_size, tokens_per_step, frames)`):
                 Tokens from `encode`, made with the same `posthoc_bottleneck`.
+            audio_codes_mask (`torch.Tensor` of shape `(batch_size, frames)`, *optional*):
+                1 for frames of audio, 0 for padding frames (from `encode`, or `get_audio_codes_mask`); padding
+                frames are kept out of attention and their samples are zeroed.
             posthoc_bottleneck (`str` or list of `(levels, scale)`, *optional*):
                 The bottleneck the codes were made with (None: the training-time FSQ).
-            audio_codes_mask (`torch.Tensor` of shape `(batch_size, frames)`, *optional*):
-                1 for frames of audio, 0 for padding frames (from `encode`); padding frames are kept out of
-                attention and their samples are zeroed.
             chunk_length_s (`float`, *optional*):
                 For long audio: decode chunks of this many seconds (rounded down to whole latent frames), each
                 together with `decoder_receptive_field` frames of codes on either side, keeping each chunk's own
                 audio; equal to the unchunked audio up to float rounding, with activation memory bounded by the
                 chunk length (see `encode`).
         """
+        check_kwargs(kwargs)
         self._check_codes(audio_codes, posthoc_bottleneck)
         chunk_frames = self._chunk_frames(chunk_length_s)
         latents = self._bottleneck(posthoc_bottleneck).decode(audio_codes)
@@ -1080,6 +1163,12 @@ class StableCodecModel(StableCodecPreTrainedModel):
     ) -> torch.Tensor:
         frames_valid = None
         if audio_codes_mask is not None:
+            if not isinstance(audio_codes_mask, torch.Tensor):
+                raise ValueError(
+                    f"`audio_codes_mask` must be a tensor of shape (batch_size, frames), got "
+                    f"{type(audio_codes_mask).__name__}. (`decode(audio_codes, audio_codes_mask, posthoc_bottleneck)`: "
+                    "pass the bottleneck by name.)"
+                )
             if audio_codes_mask.shape != (quantized_latents.shape[0], quantized_latents.shape[-1]):
                 raise ValueError(
                     f"`audio_codes_mask` must have shape (batch_size, frames) = "
@@ -1097,7 +1186,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
         padding_mask: torch.Tensor | None = None,
         posthoc_bottleneck: PosthocBottleneck = None,
         chunk_length_s: float | None = None,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> StableCodecOutput:
         r"""
         Encodes and decodes a waveform. In training mode the training-time FSQ dithers (see
@@ -1127,18 +1216,20 @@ class StableCodecModel(StableCodecPreTrainedModel):
         (torch.Size([1, 2, 25]), torch.Size([1, 1, 16000]))
         ```
         """
+        check_kwargs(kwargs)
         padding_mask = self._check_audio(input_values, padding_mask)
         chunk_frames = self._chunk_frames(chunk_length_s)
-        latents, frames_valid = self._encode_latents(input_values, padding_mask, chunk_frames)
+        latents = self._encode_latents(input_values, padding_mask, chunk_frames)
+        # The decoder takes the quantized latents, not the codes: in training mode they are dithered.
         quantized_latents, audio_codes = self._bottleneck(posthoc_bottleneck)(latents)
-        audio_values = self._run_coder(self.decoder, quantized_latents, frames_valid, chunk_frames)
-        audio_values = audio_values[..., : input_values.shape[-1]]
+        audio_codes_mask = self.get_audio_codes_mask(padding_mask)
+        audio_values = self._decode_latents(quantized_latents, audio_codes_mask, chunk_frames)
         return StableCodecOutput(
-            audio_values=audio_values,
+            audio_values=audio_values[..., : input_values.shape[-1]],
             audio_codes=audio_codes,
             latents=latents,
             quantized_latents=quantized_latents,
-            audio_codes_mask=self._codes_mask(padding_mask, frames_valid, latents.shape[-1]),
+            audio_codes_mask=audio_codes_mask,
         )
 
 

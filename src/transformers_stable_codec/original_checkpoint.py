@@ -3,17 +3,18 @@
 
 Only what the released Stable Codec checkpoints and the paper use is accepted; any other option of the original
 raises an error naming it, rather than converting into a model that computes something else.
+
+A leaf module: the configuration, model and feature extractor build on it, and it imports none of them.
 """
 
 import json
 import math
 import os
 import re
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-
-from .configuration_stable_codec import StableCodecConfig
 
 
 class OriginalCheckpointError(ValueError):
@@ -25,8 +26,8 @@ def _require(condition: bool, message: str):
         raise OriginalCheckpointError(message)
 
 
-def config_from_original(model_config: dict, **overrides) -> StableCodecConfig:
-    """Translates an original `model_config.json` (as a dict) into a `StableCodecConfig`."""
+def original_config_kwargs(model_config: dict) -> dict:
+    """Translates an original `model_config.json` (as a dict) into `StableCodecConfig` arguments."""
     _require(
         model_config.get("model_type") == "autoencoder",
         f"model_type {model_config.get('model_type')!r} is not supported: only the 'autoencoder' model of "
@@ -57,7 +58,13 @@ def config_from_original(model_config: dict, **overrides) -> StableCodecConfig:
     encoder_options, decoder_options = encoder["config"], decoder["config"]
 
     # The original's TAAE defaults, for keys a config leaves out.
-    defaults = {"channels": 128, "c_mults": [1, 2, 4, 8], "strides": [2, 4, 8, 8], "transformer_depths": [3, 3, 3, 3], "sliding_window": [63, 64]}
+    defaults = {
+        "channels": 128,
+        "c_mults": [1, 2, 4, 8],
+        "strides": [2, 4, 8, 8],
+        "transformer_depths": [3, 3, 3, 3],
+        "sliding_window": [63, 64],
+    }
     architecture = {}
     for key, default in defaults.items():
         encoder_value, decoder_value = encoder_options.get(key, default), decoder_options.get(key, default)
@@ -94,23 +101,24 @@ def config_from_original(model_config: dict, **overrides) -> StableCodecConfig:
     fsq_levels = [levels] * latent_dim if isinstance(levels, int) else levels
     _require(isinstance(fsq_levels, list) and len(fsq_levels) == latent_dim, f"FSQ levels {levels!r} do not fit latent_dim {latent_dim}.")
 
-    kwargs = {
+    window = architecture["sliding_window"]
+    _require(
+        isinstance(window, list) and len(window) == 2 and all(isinstance(size, int) for size in window),
+        f"sliding_window {window!r} is not a (left, right) pair of integers.",
+    )
+    return {
         "sampling_rate": model_config.get("sample_rate"),
         "patch_size": patch_size,
         "hidden_size": architecture["channels"],
         "channel_multipliers": architecture["c_mults"],
         "strides": architecture["strides"],
         "transformer_depths": architecture["transformer_depths"],
-        "sliding_window": architecture["sliding_window"],
+        "attention_window_left": window[0],
+        "attention_window_right": window[1],
         "latent_dim": latent_dim,
         "fsq_levels": fsq_levels,
         "fsq_noise_dropout": bottleneck_options.get("noise_dropout", 0.05),
     }
-    kwargs.update(overrides)
-    try:
-        return StableCodecConfig(**kwargs)
-    except ValueError as error:
-        raise OriginalCheckpointError(f"the original config does not describe a valid Stable Codec: {error}") from None
 
 
 _LAYER_RENAMES = {
@@ -144,9 +152,8 @@ def _rename_conv(target: str, leaf: str) -> str | None:
     return f"{target}.{_CONV_RENAMES[leaf]}" if leaf in _CONV_RENAMES else None
 
 
-def original_key_to_ours(key: str, config: StableCodecConfig) -> str | None:
+def original_key_to_ours(key: str, num_stages: int) -> str | None:
     """Our name for an original weight, or None for an original key that has no place in our model."""
-    num_stages = len(config.strides)
     match = re.fullmatch(r"(encoder|decoder)\.layers\.(\d+)\.(.+)", key)
     if match is None:
         return None
@@ -175,7 +182,7 @@ def _is_constant_buffer(key: str) -> bool:
 
 def convert_original_state_dict(
     original_state_dict: dict[str, torch.Tensor],
-    config: StableCodecConfig,
+    num_stages: int,
     expected_keys: set[str],
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
@@ -186,9 +193,11 @@ def convert_original_state_dict(
     for key, tensor in items:
         if _is_constant_buffer(key):
             if key.endswith("beta"):
-                _require(not torch.any(tensor), f"{key} is a non-zero layer norm bias, which Stable Codec does not have.")
+                _require(
+                    not torch.any(tensor), f"{key} is a non-zero layer norm bias, which Stable Codec does not have."
+                )
             continue
-        target = original_key_to_ours(key, config)
+        target = original_key_to_ours(key, num_stages)
         if target is None or target not in expected_keys:
             unexpected.append(key)
         else:
@@ -228,177 +237,85 @@ def read_original_config(model_config_path) -> dict:
         raise OriginalCheckpointError(f"could not read the original config {model_config_path}: {error}") from error
 
 
-def model_from_original(model_config_path, checkpoint_path, progress: bool = False, config=None):
-    """Builds a `StableCodecModel` (float32, eval mode) from an original `model_config.json` and its weights
-    (with `config`, if given, in place of the translated one: it must describe the same weights)."""
-    from .modeling_stable_codec import StableCodecModel
-
-    config = config or config_from_original(read_original_config(model_config_path))
-    model = StableCodecModel(config)
-    expected = model.state_dict()
-    state_dict = convert_original_state_dict(load_original_weights(checkpoint_path), config, set(expected), progress)
-    mismatched = [
-        f"{key}: checkpoint {tuple(tensor.shape)} vs config {tuple(expected[key].shape)}"
-        for key, tensor in state_dict.items()
-        if tensor.shape != expected[key].shape
-    ]
-    _require(not mismatched, f"the checkpoint's weights do not fit its config: {mismatched[:10]}")
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
-
-
 ORIGINAL_WEIGHT_FILES = ("model.safetensors", "model.ckpt")  # the order the original's own loader tries them
 
+# The `from_pretrained` arguments that say where and how to fetch files (the ones the Hub client takes first), which
+# transformers' loaders consume rather than pass on: the one list every loader here filters with.
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "subfolder", "token")
+LOADING_KWARGS = (*HUB_KWARGS, "proxies", "trust_remote_code", "_commit_hash", "_from_auto", "_from_pipeline")
 
-def find_original_layout(location, subfolder: str = "", **hub_kwargs) -> tuple[str, str] | None:
-    """`(model_config.json, weights)` paths if `location` (a folder or a Hub repo id) holds a checkpoint in the
-    original layout and none in ours (`config.json`); None otherwise."""
-    location, subfolder = str(location), subfolder or ""
+
+def split_loading_kwargs(kwargs: dict) -> tuple[dict, dict]:
+    """`from_pretrained`'s kwargs as (the Hub download arguments that are set, the arguments for the object)."""
+    hub = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
+    return hub, {key: value for key, value in kwargs.items() if key not in LOADING_KWARGS}
+
+
+@dataclass(frozen=True)
+class OriginalLayout:
+    """A checkpoint in the original layout: its `model_config.json` and its weights file."""
+
+    model_config_path: str
+    weights_path: str
+
+
+# Hub files already looked up in this process: (repo, filename, subfolder, revision, cache_dir) -> path or None. A load
+# reaches several loaders (AutoModel -> config -> model, feature extractor), and each asks; the Hub answers once.
+_hub_lookups: dict[tuple, str | None] = {}
+
+
+def _hub_file(repo_id: str, filename: str, **kwargs) -> str | None:
+    from huggingface_hub import hf_hub_download
+
+    # transformers passes the revision as an object of its own (the one asked for and the commit it resolved to),
+    # new on every call: key on what was asked for.
+    revision = kwargs.get("revision")
+    revision = getattr(revision, "initial", revision) or "main"
+    key = (repo_id, filename, kwargs.get("subfolder"), str(revision), str(kwargs.get("cache_dir")))
+    if key in _hub_lookups and not kwargs.get("force_download"):
+        return _hub_lookups[key]
+    try:
+        path = hf_hub_download(repo_id, filename, **kwargs)
+    except Exception:  # not in the repo, not cached offline, or no such repo: all mean "not there"
+        path = None
+    _hub_lookups[key] = path
+    return path
+
+
+def find_original_layout(location, **kwargs) -> OriginalLayout | None:
+    """The original-layout checkpoint at `location` (a folder or a Hub repo id, with `from_pretrained`'s Hub
+    arguments), or None if it holds none or also holds this package's `config.json` (which then wins)."""
+    location, options = str(location), split_loading_kwargs(kwargs)[0]
+    subfolder = options.pop("subfolder", "")
     if os.path.isdir(location):
         folder = os.path.join(location, subfolder)
-        if os.path.isfile(os.path.join(folder, "config.json")) or not os.path.isfile(os.path.join(folder, "model_config.json")):
+        if os.path.isfile(os.path.join(folder, "config.json")) or not os.path.isfile(
+            os.path.join(folder, "model_config.json")
+        ):
             return None
         for name in ORIGINAL_WEIGHT_FILES:
             if os.path.isfile(os.path.join(folder, name)):
-                return os.path.join(folder, "model_config.json"), os.path.join(folder, name)
+                return OriginalLayout(os.path.join(folder, "model_config.json"), os.path.join(folder, name))
         raise OriginalCheckpointError(
             f"{folder} has an original model_config.json but neither {' nor '.join(ORIGINAL_WEIGHT_FILES)}."
         )
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(location)
     except HFValidationError:
         return None  # neither a folder nor a repo id: let the caller report it
-
-    hub_kwargs = {key: value for key, value in hub_kwargs.items() if key in _HUB_DOWNLOAD_KWARGS and value is not None}
     if subfolder:
-        hub_kwargs["subfolder"] = subfolder
-
-    def download(filename):
-        try:
-            return hf_hub_download(location, filename, **hub_kwargs)
-        except Exception:  # not in the repo, not cached offline, or no such repo: all mean "not this layout"
-            return None
-
-    if download("config.json") is not None:
-        return None
-    model_config = download("model_config.json")
-    if model_config is None:
+        options["subfolder"] = subfolder
+    # model_config.json first: for repos in this package's layout that single lookup settles it.
+    model_config = _hub_file(location, "model_config.json", **options)
+    if model_config is None or _hub_file(location, "config.json", **options) is not None:
         return None
     for name in ORIGINAL_WEIGHT_FILES:
-        weights = download(name)
+        weights = _hub_file(location, name, **options)
         if weights is not None:
-            return model_config, weights
+            return OriginalLayout(model_config, weights)
     raise OriginalCheckpointError(
         f"{location} has an original model_config.json but neither {' nor '.join(ORIGINAL_WEIGHT_FILES)} could be "
         "found (offline without them in the cache?)."
     )
-
-
-_HUB_DOWNLOAD_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "proxies")
-
-
-_ON_THE_FLY_KWARGS = {
-    "attn_implementation", "config", "dtype", "torch_dtype", "device_map", "subfolder", "trust_remote_code",
-    *_HUB_DOWNLOAD_KWARGS,
-}
-
-
-def model_from_original_layout(location, **kwargs):
-    """The model of a folder or Hub repo in the original layout, converted on the fly (None for any other layout).
-    Takes the `from_pretrained` arguments that make sense for a conversion; refuses the others by name."""
-    from transformers.utils import logging
-
-    layout = find_original_layout(location, **kwargs)
-    if layout is None:
-        folder = os.path.join(str(location), kwargs.get("subfolder") or "")
-        if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "config.json")):
-            raise OriginalCheckpointError(
-                f"{folder} holds no Stable Codec checkpoint: expected config.json + model.safetensors (this package's "
-                f"format) or model_config.json + {' or '.join(ORIGINAL_WEIGHT_FILES)} (the original layout)."
-            )
-        return None
-    unsupported = sorted(
-        key for key, value in kwargs.items() if key not in _ON_THE_FLY_KWARGS and not key.startswith("_") and value is not None
-    )
-    if unsupported:
-        raise ValueError(
-            f"{unsupported} are not supported when converting an original checkpoint on the fly; convert it once "
-            "with conversion/convert_stable_codec_checkpoint.py and load the result instead."
-        )
-    logging.get_logger(__name__).info(
-        f"{location} is an original Stable Codec checkpoint ({os.path.basename(layout[1])}): converting it on the "
-        "fly. `save_pretrained` the model to load it directly next time."
-    )
-    model = model_from_original(*layout, config=kwargs.get("config"))
-    dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
-    if dtype not in (None, "auto"):
-        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    if kwargs.get("attn_implementation") is not None:
-        model.set_attn_implementation(kwargs["attn_implementation"])
-    device = kwargs.get("device_map")
-    if device is not None:
-        if not isinstance(device, (str, int, torch.device)) or device == "auto":
-            raise ValueError("on-the-fly conversion places the model on one device: pass device_map='cuda:0' or similar.")
-        model = model.to(device)
-    return model
-
-
-def feature_extractor_from_original_layout(location, **kwargs):
-    """The feature extractor that fits an original-layout checkpoint (None for any other layout)."""
-    from .feature_extraction_stable_codec import StableCodecFeatureExtractor
-
-    layout = find_original_layout(location, **{key: kwargs.get(key) for key in ("subfolder", *_HUB_DOWNLOAD_KWARGS)})
-    if layout is None:
-        return None
-    config = config_from_original(read_original_config(layout[0]))
-    extractor = StableCodecFeatureExtractor(sampling_rate=config.sampling_rate, hop_length=config.hop_length)
-    return (extractor, {}) if kwargs.get("return_unused_kwargs") else extractor
-
-
-def register_original_layout_with_auto_classes():
-    """AutoConfig, AutoModel and AutoFeatureExtractor look for config.json / preprocessor_config.json; a repo in the
-    original layout has model_config.json instead.
-    Where their own loading fails, fall back to the original layout (other models are untouched: the fallback only
-    acts after their error, and re-raises it unless the location holds an original Stable Codec checkpoint)."""
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
-
-    from .feature_extraction_stable_codec import StableCodecFeatureExtractor
-    from .modeling_stable_codec import StableCodecModel
-
-    def load_config(location, *args, **kwargs):
-        hub_kwargs = {key: kwargs.pop(key, None) for key in ("subfolder", *_HUB_DOWNLOAD_KWARGS)}
-        config = config_from_original(read_original_config(find_original_layout(location, **hub_kwargs)[0]))
-        # AutoModel asks for the kwargs the config did not consume, to pass them on to the model.
-        return (config, kwargs) if kwargs.pop("return_unused_kwargs", False) else config
-
-    def load_model(location, *args, **kwargs):
-        return StableCodecModel.from_pretrained(location, *args, **kwargs)
-
-    def load_feature_extractor(location, *args, **kwargs):
-        return StableCodecFeatureExtractor.from_pretrained(location, **kwargs)
-
-    for auto_class, load in (
-        (AutoConfig, load_config), (AutoModel, load_model), (AutoFeatureExtractor, load_feature_extractor)
-    ):
-        add_original_layout_fallback(auto_class, load)
-
-
-def add_original_layout_fallback(auto_class, load):
-    original = auto_class.from_pretrained.__func__
-    if getattr(original, "falls_back_to_original_layout", False):
-        return
-
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        try:
-            return original(cls, pretrained_model_name_or_path, *args, **kwargs)
-        except (OSError, ValueError):
-            hub_kwargs = {key: kwargs.get(key) for key in ("subfolder", *_HUB_DOWNLOAD_KWARGS)}
-            if find_original_layout(pretrained_model_name_or_path, **hub_kwargs) is None:
-                raise
-            return load(pretrained_model_name_or_path, *args, **kwargs)
-
-    from_pretrained.falls_back_to_original_layout = True
-    auto_class.from_pretrained = classmethod(from_pretrained)
