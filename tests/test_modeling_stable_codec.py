@@ -3,16 +3,29 @@
 come from the source distribution of the installed transformers (`transformers_common.py`)."""
 
 import inspect
+import os
+import subprocess
 import unittest
 
+import pytest
 import torch
+import transformers
 
 from transformers_stable_codec import StableCodecConfig, StableCodecModel
 
 from .transformers_common import import_transformers_tests
 
 
-test_modeling_common, test_configuration_common = import_transformers_tests()
+try:
+    test_modeling_common, test_configuration_common = import_transformers_tests()
+except subprocess.CalledProcessError:
+    if os.environ.get("CI"):  # CI reaches PyPI: a failure there is a failure
+        raise
+    pytest.skip(
+        f"transformers {transformers.__version__}'s source distribution could not be fetched (offline?); its common "
+        "tests come from there.",
+        allow_module_level=True,
+    )
 
 
 class StableCodecModelTester:
