@@ -116,10 +116,11 @@ class StableCodecContender(Contender):
         if attention == "flex_attention" and device.type == "cpu":
             return "our model refuses flex_attention on CPU (inductor's CPU flex kernels fail to compile here)"
         if attention.startswith("flash_attention"):
-            from transformers.utils import is_flash_attn_2_available
+            from transformers.utils import is_flash_attn_2_available, is_flash_attn_4_available
 
-            if not is_flash_attn_2_available():
-                return "flash-attn is not installed (or no CUDA device)"
+            available = is_flash_attn_4_available if attention == "flash_attention_4" else is_flash_attn_2_available
+            if not available():
+                return f"{attention}'s package is not installed (or no CUDA device)"
             if dtype not in (torch.float16, torch.bfloat16):
                 return "flash attention computes in fp16/bf16 only"
         return None

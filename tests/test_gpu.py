@@ -43,6 +43,36 @@ def test_padded_batch_equals_clips_alone_on_gpu(implementation, monkeypatch):
             assert relative_error(batched.latents[index, :, :frames], alone.latents[0]) < 1e-4
 
 
+@pytest.mark.parametrize("implementation", ["flash_attention_2", "flash_attention_4"])
+def test_flash_attention_padded_batch_equals_clips_alone_and_sdpa(implementation):
+    """The flash kernels in bf16, with the exact (left, right) window: a padded batch gives each clip what it gets
+    alone, and both stay within bf16 rounding of sdpa's exact band."""
+    import transformers.utils
+
+    version = implementation[-1]
+    if not getattr(transformers.utils, f"is_flash_attn_{version}_available")():
+        pytest.skip(f"FlashAttention {version} is not installed on this GPU machine (scripts/carry_flash_attn_4.sh)")
+    model = gpu_model("sdpa", dtype=torch.bfloat16, attention_window_left=5, attention_window_right=9)
+    lengths = [32000, 17000, 9000]
+    clips = [speechlike(1, length / 16000, seed=index)[..., :length].cuda() for index, length in enumerate(lengths)]
+    batch = torch.zeros(3, 1, max(lengths), device="cuda")
+    padding_mask = torch.zeros(3, max(lengths), dtype=torch.long, device="cuda")
+    for index, clip in enumerate(clips):
+        batch[index, :, : clip.shape[-1]] = clip
+        padding_mask[index, : clip.shape[-1]] = 1
+    with torch.no_grad():
+        exact = model.encode(batch, padding_mask=padding_mask).latents.float()
+        model.set_attn_implementation(implementation)
+        batched = model.encode(batch, padding_mask=padding_mask).latents.float()
+        for index, clip in enumerate(clips):
+            alone = model.encode(clip).latents.float()
+            frames = alone.shape[-1]
+            assert relative_error(batched[index, :, :frames], alone[0]) < 2e-2
+            assert relative_error(batched[index, :, :frames], exact[index, :, :frames]) < 5e-2
+        with pytest.raises(ValueError, match="float16/bfloat16 only"):
+            model.float().encode(batch)
+
+
 def test_flex_mask_is_block_sparse_so_memory_is_linear_in_length():
     model = gpu_model("flex_attention", attention_window_left=63, attention_window_right=64)
     for frames in (4096, 16384):

@@ -455,9 +455,10 @@ def test_bfloat16_on_cpu_is_close_to_float32(tiny_model):
 # --- flash attention wiring, with a stand-in kernel --------------------------------------------------------------
 
 
-def stand_in_flash_kernels():
+def stand_in_flash_kernels(returns_lse: bool):
     """flash-attn's `flash_attn_func` / `flash_attn_varlen_func` semantics (window_size=(left, right): query i sees
-    keys i - left .. i + right), in plain torch, to check how the model calls them where flash-attn is absent."""
+    keys i - left .. i + right), in plain torch, to check how the model calls them where flash-attn is absent.
+    FlashAttention-4's return `(output, lse)` (`returns_lse`), flash-attn 2's the output alone."""
 
     def attend(query, key, value, softmax_scale, window_size):  # (frames, heads, dim)
         frames = query.shape[0]
@@ -471,22 +472,25 @@ def stand_in_flash_kernels():
 
     def flash_fn(query, key, value, softmax_scale, causal, window_size):
         assert not causal and query.dtype in (torch.float16, torch.bfloat16)
-        return torch.stack([attend(q, k, v, softmax_scale, window_size) for q, k, v in zip(query, key, value)])
+        output = torch.stack([attend(q, k, v, softmax_scale, window_size) for q, k, v in zip(query, key, value)])
+        return (output, None) if returns_lse else output
 
     def flash_varlen_fn(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size):
         assert torch.equal(cu_seqlens_q, cu_seqlens_k) and cu_seqlens_q.dtype == torch.int32
         bounds = cu_seqlens_q.tolist()
-        return torch.cat(
+        output = torch.cat(
             [attend(query[a:b], key[a:b], value[a:b], softmax_scale, window_size) for a, b in zip(bounds, bounds[1:])]
         )
+        return (output, None) if returns_lse else output
 
     return flash_fn, flash_varlen_fn
 
 
-def test_flash_attention_path_computes_the_window_and_packs_padded_clips(tiny_model, monkeypatch):
+@pytest.mark.parametrize("implementation", ["flash_attention_2", "flash_attention_4"])
+def test_flash_attention_path_computes_the_window_and_packs_padded_clips(implementation, tiny_model, monkeypatch):
     import transformers.modeling_flash_attention_utils as flash_utils
 
-    kernels = stand_in_flash_kernels()
+    kernels = stand_in_flash_kernels(returns_lse=implementation == "flash_attention_4")
     monkeypatch.setattr(flash_utils, "lazy_import_flash_attention", lambda implementation: ((*kernels, None, None, None), None))
     model = StableCodecModel(tiny_model.config).to(torch.bfloat16).eval()
     model.load_state_dict(tiny_model.state_dict())
@@ -496,7 +500,7 @@ def test_flash_attention_path_computes_the_window_and_packs_padded_clips(tiny_mo
     with torch.no_grad():
         model.config._attn_implementation = "sdpa"
         expected = model.encode(batch, padding_mask=padding_mask).latents
-        model.config._attn_implementation = "flash_attention_2"
+        model.config._attn_implementation = implementation
         padded = model.encode(batch, padding_mask=padding_mask).latents
         unpadded = model.encode(batch[:1]).latents
         model.config._attn_implementation = "sdpa"

@@ -135,9 +135,13 @@ def check_bf16_parity(model, reference):
 @requires_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", CONFIG_NAMES)
-@pytest.mark.parametrize("attn_implementation", GPU_BACKENDS + ["flash_attention_2"])
+@pytest.mark.parametrize("attn_implementation", GPU_BACKENDS + ["flash_attention_2", "flash_attention_4"])
 def test_bf16_parity_on_gpu(name, attn_implementation):
-    if attn_implementation == "flash_attention_2":
-        pytest.importorskip("flash_attn", reason="flash-attn is not installed on this GPU machine")
+    if attn_implementation.startswith("flash_attention"):
+        import transformers.utils
+
+        version = attn_implementation[-1]
+        if not getattr(transformers.utils, f"is_flash_attn_{version}_available")():
+            pytest.skip(f"FlashAttention {version} is not installed on this GPU machine (scripts/carry_flash_attn_4.sh)")
     model, reference = load_fixture(name, attn_implementation, device="cuda", dtype=torch.bfloat16)
     check_bf16_parity(model, reference)

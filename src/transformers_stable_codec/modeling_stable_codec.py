@@ -288,8 +288,9 @@ def windowed_flash_attention_forward(
     frame_is_valid: torch.Tensor | None,
     scaling: float,
 ) -> torch.Tensor:
-    """Flash attention with the asymmetric `(left, right)` window, which transformers' symmetric `sliding_window`
-    cannot express. Padding is handled by packing each clip's valid frames (variable-length kernel)."""
+    """Flash attention (flash-attn 2's kernels, or FlashAttention-4's `flash_attn.cute`, which share this API) with the
+    asymmetric `(left, right)` window, which transformers' symmetric `sliding_window` cannot express. Padding is
+    handled by packing each clip's valid frames (variable-length kernel)."""
     from transformers.modeling_flash_attention_utils import lazy_import_flash_attention
 
     if query.dtype not in (torch.float16, torch.bfloat16):
@@ -302,7 +303,7 @@ def windowed_flash_attention_forward(
     window = module.config.attention_window
     query, key, value = (states.transpose(1, 2) for states in (query, key, value))  # (batch, frames, heads, dim)
     if frame_is_valid is None:
-        return flash_fn(query, key, value, softmax_scale=scaling, causal=False, window_size=window)
+        return attention_output(flash_fn(query, key, value, softmax_scale=scaling, causal=False, window_size=window))
 
     lengths = frame_is_valid.sum(dim=-1, dtype=torch.int32)
     cu_seqlens = nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
@@ -320,8 +321,13 @@ def windowed_flash_attention_forward(
         window_size=window,
     )
     output = query.new_zeros(query.shape)
-    output[frame_is_valid] = packed
+    output[frame_is_valid] = attention_output(packed)
     return output
+
+
+def attention_output(result):
+    """FlashAttention-4's kernels return `(output, log-sum-exp)`, flash-attn 2's the output alone."""
+    return result[0] if isinstance(result, tuple) else result
 
 
 class StableCodecAttention(nn.Module):
