@@ -139,12 +139,10 @@ def test_multichannel_is_averaged_and_containers_agree(extractor):
     np.testing.assert_array_equal(as_tensor, as_array)
 
 
-@pytest.mark.parametrize(
-    "rate, resampler",
-    [(8000, "sinc"), (22050, "sinc"), (44100, "sinc"), (48000, "sinc"), (44101, "sinc"), (44100.5, "soxr")],
-)
-def test_resamples_to_16k(rate, resampler):
-    plain = StableCodecFeatureExtractor(normalize_loudness=False, resampler=resampler)
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000, 44101, 44100.0])
+def test_resamples_to_16k(rate):
+    """44101 Hz has 16000 phases of 44135 taps: built and applied a few phases at a time."""
+    plain = StableCodecFeatureExtractor(normalize_loudness=False)
     seconds, frequency = 1.0, 440.0
     tone = 0.5 * np.sin(2 * np.pi * frequency * np.arange(int(seconds * rate)) / rate)
     out = plain(tone, sampling_rate=rate, return_tensors="np")
@@ -254,7 +252,6 @@ def test_bad_input_raises_a_value_error_naming_the_problem(extractor, audio, rat
         (dict(sampling_rate=16000.5), "sampling_rate"),
         (dict(target_loudness=float("nan")), "target_loudness"),
         (dict(padding_side="left"), "padding_side"),
-        (dict(resampler="sox"), "resampler"),
     ],
 )
 def test_bad_settings_raise(kwargs, message):

@@ -61,6 +61,12 @@ def _sinc_kernel(orig: int, new: int, phases: range, columns: range, device) -> 
     return (sinc * (window * (cutoff / orig))).float()[:, None, :]
 
 
+@functools.lru_cache(maxsize=16)
+def _whole_kernel(orig: int, new: int, device: torch.device) -> torch.Tensor:
+    """All phases and columns: the kernel of every common rate pair, kept for the next call."""
+    return _sinc_kernel(orig, new, range(new), range(orig + 2 * _kernel_width(orig, new)), device)
+
+
 def _support(orig: int, new: int, phases: range) -> range:
     """Kernel columns that can be non-zero for these phases. Outside |time| < LOWPASS_FILTER_WIDTH the window is
     cos(pi/2)^2 ~ 4e-33 and the sinc ~ 4e-17, whose product underflows to exactly 0 in float32: cutting those
@@ -98,8 +104,11 @@ def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Ten
     with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
         for start in range(0, new, chunk):
             phases = range(start, min(start + chunk, new))
-            columns = range(0, orig + 2 * width) if chunk == new else _support(orig, new, phases)
-            kernel = _sinc_kernel(orig, new, phases, columns, waveform.device)
+            if chunk == new:
+                columns, kernel = range(orig + 2 * width), _whole_kernel(orig, new, waveform.device)
+            else:
+                columns = _support(orig, new, phases)
+                kernel = _sinc_kernel(orig, new, phases, columns, waveform.device)
             source = padded[..., columns.start :]
             pieces.append(torch.nn.functional.conv1d(source, kernel, stride=orig)[..., :frames])
     # (signals, phase, frame) -> time-ordered output samples frame * new + phase.
@@ -126,7 +135,11 @@ def _k_weighting_coefficients(sample_rate: int, device) -> list[tuple[torch.Tens
     root_alpha = 2 * torch.sqrt(gain) * alpha
     minus, plus = (gain - 1) * torch.cos(w0), (gain + 1) * torch.cos(w0)
     shelf = normalized(
-        [gain * ((gain + 1) + minus + root_alpha), -2 * gain * ((gain - 1) + plus), gain * ((gain + 1) + minus - root_alpha)],
+        [
+            gain * ((gain + 1) + minus + root_alpha),
+            -2 * gain * ((gain - 1) + plus),
+            gain * ((gain + 1) + minus - root_alpha),
+        ],
         [(gain + 1) - minus + root_alpha, 2 * ((gain - 1) - plus), (gain + 1) - minus - root_alpha],
     )
     # High-pass: 38 Hz, Q 0.5.
@@ -150,14 +163,37 @@ def _impulse_response_length(a: torch.Tensor) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _k_weighting_responses(sample_rate: int, size: int, device: torch.device) -> list[torch.Tensor]:
-    """Frequency responses of the two K-weighting stages at the bins of a `size`-point real FFT."""
+def _k_weighting_responses(sample_rate: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frequency responses of the high shelf and of the whole K-weighting at the bins of a `size`-point real FFT."""
     frequency = torch.fft.rfftfreq(size, device=device, dtype=torch.float64)
     z = torch.exp(-2j * math.pi * frequency)  # z^-1 on the unit circle
-    return [
+    shelf, highpass = (
         (b[0] + b[1] * z + b[2] * z * z) / (a[0] + a[1] * z + a[2] * z * z)
         for b, a in _k_weighting_coefficients(sample_rate, device)
-    ]
+    )
+    return shelf, shelf * highpass
+
+
+@functools.lru_cache(maxsize=16)
+def _shelf_peak_gain(sample_rate: int, device: torch.device) -> float:
+    """The sum of |impulse response| of the high shelf: no output sample of it exceeds the input's peak times this."""
+    shelf = _k_weighting_coefficients(sample_rate, device)[0]
+    size = 1 << _impulse_response_length(shelf[1]).bit_length()
+    impulse = torch.fft.irfft(_k_weighting_responses(sample_rate, size, device)[0], n=size)
+    return float(impulse.abs().sum())
+
+
+def _fast_fft_size(minimum: int) -> int:
+    """The smallest 2^a 3^b 5^c >= minimum: FFTs of such sizes are fast, and it wastes less than a power of two."""
+    best, power5 = 1 << (minimum - 1).bit_length(), 1
+    while power5 < best:
+        power35 = power5
+        while power35 < best:
+            size = power35 << max(0, (-(-minimum // power35) - 1).bit_length())  # times the power of two that fits
+            best = min(best, size)
+            power35 *= 3
+        power5 *= 5
+    return best
 
 
 def k_weight(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
@@ -167,13 +203,16 @@ def k_weight(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
     signal = waveform.double()
     length = signal.shape[-1]
     tail = max(_impulse_response_length(a) for _, a in _k_weighting_coefficients(sample_rate, signal.device))
-    size = 1 << (length + tail - 1).bit_length()  # a power of two: the fastest FFT
-    shelf, highpass = _k_weighting_responses(sample_rate, size, signal.device)
-    spectrum = torch.fft.rfft(signal, n=size) * shelf
-    shelved = torch.fft.irfft(spectrum, n=size)[..., :length]
-    if shelved.abs().max() > 1.0:  # the clamp between the stages acts: filter the clamped signal
-        spectrum = torch.fft.rfft(shelved.clamp(-1.0, 1.0), n=size)
-    return torch.fft.irfft(spectrum * highpass, n=size)[..., :length].clamp(-1.0, 1.0)
+    size = _fast_fft_size(length + tail)
+    shelf, k_weighting = _k_weighting_responses(sample_rate, size, signal.device)
+    spectrum = torch.fft.rfft(signal, n=size)
+    if float(signal.abs().max()) * _shelf_peak_gain(sample_rate, signal.device) > 1.0:
+        # The clamp after the shelf may act: apply the stages one by one, clamping in between.
+        shelved = torch.fft.irfft(spectrum * shelf, n=size)[..., :length].clamp(-1.0, 1.0)
+        spectrum = torch.fft.rfft(shelved, n=size) * (k_weighting / shelf)
+    else:
+        spectrum = spectrum * k_weighting
+    return torch.fft.irfft(spectrum, n=size)[..., :length].clamp(-1.0, 1.0)
 
 
 def integrated_loudness(waveform: torch.Tensor, sample_rate: int, lengths=None) -> torch.Tensor:
