@@ -184,6 +184,20 @@ def test_features_feed_the_model_and_padding_does_not_change_codes():
             torch.testing.assert_close(batch.audio_codes[index : index + 1, :, :frames], alone, rtol=0, atol=0)
 
 
+def test_device_argument_keeps_tensors_there_and_lists_come_back(extractor):
+    clips = [speech_like(0.5, seed=1), speech_like(1.3, rate=44100, seed=2)]
+    default = extractor(clips, sampling_rate=[RATE, 44100], return_tensors="pt")
+    explicit = extractor(
+        [torch.from_numpy(clip) for clip in clips], sampling_rate=[RATE, 44100], return_tensors="pt", device="cpu"
+    )
+    for key in ("input_values", "padding_mask"):
+        assert explicit[key].device.type == "cpu"
+        torch.testing.assert_close(explicit[key], default[key], rtol=0, atol=0)
+    as_lists = extractor(clips, sampling_rate=[RATE, 44100], device=torch.device("cpu"))
+    assert isinstance(as_lists["input_values"], list) and len(as_lists["input_values"]) == 2
+    np.testing.assert_array_equal(as_lists["input_values"][1], default["input_values"][1].numpy())
+
+
 def test_save_and_load_through_auto_feature_extractor(tmp_path):
     extractor = StableCodecFeatureExtractor(hop_length=512, target_loudness=-23.0, normalize_loudness=False)
     extractor.save_pretrained(tmp_path)

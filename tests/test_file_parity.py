@@ -24,7 +24,7 @@ from transformers_stable_codec.modeling_stable_codec import (
 )
 from transformers_stable_codec.original_checkpoint import model_from_original
 
-from .conftest import FIXTURES, relative_error
+from .conftest import FIXTURES, relative_error, requires_cuda
 
 
 FILES = FIXTURES / "files"
@@ -112,17 +112,22 @@ def test_fixtures_cover_rates_layouts_formats_and_branches():
     assert min(branch["measured_lufs"] for branch in branches) < -50 < -20 < max(b["measured_lufs"] for b in branches)
 
 
-def test_one_batch_of_every_rate_and_layout_matches_the_original(codec):
-    """All files in one call, one sampling rate per clip: each clip is resampled with the others of its rate."""
-    name, model, extractor = codec
+def extract_every_file_at_once(extractor, name, **kwargs):
+    """All files in one call, one sampling rate per clip; checks each row against the original's model input."""
     clips, rates = zip(*(read(case) for case in CASES))
-    features = extractor(list(clips), sampling_rate=list(rates), return_tensors="pt")
-    lengths = features["padding_mask"].sum(-1)
+    features = extractor(list(clips), sampling_rate=list(rates), return_tensors="pt", **kwargs)
+    lengths = features["padding_mask"].sum(-1).tolist()
     for row, case in enumerate(CASES):
         reference = REFERENCE[f"{case}.{name}.input_values"]
-        frames = -(-int(lengths[row]) // model.hop_length) * model.hop_length
-        assert frames == len(reference)
-        assert relative_error(features["input_values"][row, 0, :frames], reference) < 1e-5, case
+        assert -(-lengths[row] // extractor.hop_length) * extractor.hop_length == len(reference)
+        assert relative_error(features["input_values"][row, 0, : len(reference)].cpu(), reference) < 1e-5, case
+    return features
+
+
+def test_one_batch_of_every_rate_and_layout_matches_the_original(codec):
+    """Each clip is resampled with the others of its rate, as one zero-padded batch."""
+    name, model, extractor = codec
+    features = extract_every_file_at_once(extractor, name)
     with torch.no_grad():
         encoded = model.encode(**features)
     for row, case in enumerate(CASES):
@@ -178,3 +183,17 @@ def test_the_same_through_the_cli(tmp_path):
             reference = REFERENCE[f"{case}.{name}.codes.{PRESET}"]  # the CLI's default bottleneck
             assert metadata["bottleneck"] == PRESET
             assert codes.shape == reference.shape and float((codes == reference).double().mean()) >= 0.99, case
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_on_a_cuda_device(codec):
+    """`device="cuda"`: the same model input, computed there and left there."""
+    name, _, extractor = codec
+    on_gpu = extract_every_file_at_once(extractor, name, device="cuda")
+    assert on_gpu["input_values"].device.type == on_gpu["padding_mask"].device.type == "cuda"
+    on_cpu = extract_every_file_at_once(extractor, name)
+    assert relative_error(on_gpu["input_values"].cpu(), on_cpu["input_values"]) < 1e-6
+    torch.testing.assert_close(on_gpu["padding_mask"].cpu(), on_cpu["padding_mask"], rtol=0, atol=0)
+    as_numpy = extractor(read(CASES[0])[0], sampling_rate=read(CASES[0])[1], return_tensors="np", device="cuda")
+    assert isinstance(as_numpy["input_values"], np.ndarray)
