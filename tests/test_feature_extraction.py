@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoFeatureExtractor
 
-from transformers_stable_codec import StableCodecFeatureExtractor, StableCodecModel
+from transformers_stable_codec import StableCodecFeatureExtractor, StableCodecModel, audio_processing
 
 from .conftest import FIXTURES, randomize_, relative_error, tiny_config
 
@@ -151,6 +151,18 @@ def test_resamples_to_16k(rate):
     expected = 0.5 * np.sin(2 * np.pi * frequency * np.arange(length) / RATE)
     middle = slice(1000, length - 1000)  # away from the filter's edge transients
     assert np.abs(out["input_values"][0, 0, middle] - expected[middle]).max() < 1e-3
+
+
+@pytest.mark.parametrize("rate", [44100, 11025, 8000])
+def test_tap_gathering_path_equals_the_strided_convolution(rate, monkeypatch):
+    """Rates whose whole kernel would be too large gather each output's taps instead; forced here on common rates,
+    it must give the convolution's samples (which are torchaudio's, bit for bit) to float32 rounding."""
+    clip = torch.from_numpy(speech_like(0.7, rate=rate, seed=5)).float()[None].repeat(2, 1)
+    convolved = audio_processing.resample(clip, rate, RATE)
+    monkeypatch.setattr(audio_processing, "MAX_KERNEL_ELEMENTS", 0)
+    gathered = audio_processing.resample(clip, rate, RATE)
+    assert gathered.shape == convolved.shape
+    assert relative_error(gathered, convolved) < 1e-6
 
 
 # Padding, outputs, the model ---------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ import torch
 
 LOWPASS_FILTER_WIDTH = 6  # zero crossings of the sinc on each side
 ROLLOFF = 0.99  # cutoff as a fraction of the lower Nyquist frequency
-# Resampling kernels above this many elements are built and applied a slice of output phases at a time, so that rates
-# with a large reduced ratio (44101 -> 16000 has 16000 phases of 44135 taps) take bounded memory.
+# Resampling kernels above this many elements are not built whole: rates with a large reduced ratio (44101 -> 16000 has
+# 16000 phases of 44135 taps, 2.8 GB) take only the taps each phase can reach, a block of outputs at a time.
 MAX_KERNEL_ELEMENTS = 2**22
 
 GATE_SECONDS = 0.4
@@ -42,40 +42,43 @@ def _kernel_width(orig: int, new: int) -> int:
     return math.ceil(LOWPASS_FILTER_WIDTH * orig / (min(orig, new) * ROLLOFF))
 
 
-def _sinc_kernel(orig: int, new: int, phases: range, columns: range, device) -> torch.Tensor:
-    """Rows `phases`, columns `columns` of the polyphase kernel, shape (phases, 1, columns), float32.
-
-    Output phase i (output sample n * new + i) weighs padded input sample n * orig + k with a Hann-windowed sinc at the
-    distance between the two in time. As the original does, the kernel is computed in float64 except for the phase
-    offset i / new, which it computes in float32, and is then rounded to float32.
-    """
+def _sinc_weights(orig: int, new: int, phases: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Polyphase weights, float32: output phase i (output sample n * new + i) weighs padded input sample
+    n * orig + k (k a column) with a Hann-windowed sinc at the distance between the two in time. `phases` is (P,) and
+    `columns` (P, C) or (1, C) integers. As the original does, the weights are computed in float64 except for the
+    phase offset i / new, which it computes in float32, and are then rounded to float32."""
     width = _kernel_width(orig, new)
     cutoff = min(orig, new) * ROLLOFF
-    phase = torch.arange(phases.start, phases.stop, dtype=torch.float32, device=device) / new
-    offset = torch.arange(columns.start - width, columns.stop - width, dtype=torch.float64, device=device) / orig
-    time = (offset[None, :] - phase.double()[:, None]) * cutoff
+    phase = phases.to(torch.float32) / new
+    offset = (columns - width).to(torch.float64) / orig
+    time = (offset - phase.double()[:, None]) * cutoff
     time = time.clamp(-LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
     window = torch.cos(time * math.pi / LOWPASS_FILTER_WIDTH / 2) ** 2
     time = time * math.pi
     sinc = torch.where(time == 0, torch.ones_like(time), torch.sin(time) / time)
-    return (sinc * (window * (cutoff / orig))).float()[:, None, :]
+    return (sinc * (window * (cutoff / orig))).float()
 
 
 @functools.lru_cache(maxsize=16)
-def _whole_kernel(orig: int, new: int, device: torch.device) -> torch.Tensor:
-    """All phases and columns: the kernel of every common rate pair, kept for the next call."""
-    return _sinc_kernel(orig, new, range(new), range(orig + 2 * _kernel_width(orig, new)), device)
+def _dense_kernel(orig: int, new: int, device: torch.device) -> torch.Tensor:
+    """Every phase over every column, (new, 1, orig + 2 * width): torchaudio's kernel, kept for the next call."""
+    columns = torch.arange(orig + 2 * _kernel_width(orig, new), device=device)[None, :]
+    return _sinc_weights(orig, new, torch.arange(new, device=device), columns)[:, None, :]
 
 
-def _support(orig: int, new: int, phases: range) -> range:
-    """Kernel columns that can be non-zero for these phases. Outside |time| < LOWPASS_FILTER_WIDTH the window is
-    cos(pi/2)^2 ~ 4e-33 and the sinc ~ 4e-17, whose product underflows to exactly 0 in float32: cutting those
-    columns changes nothing."""
+@functools.lru_cache(maxsize=4)
+def _sparse_kernel(orig: int, new: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per phase only the columns that can be non-zero: (new, taps) column indices and weights. Outside
+    |time| < LOWPASS_FILTER_WIDTH the window is cos(pi/2)^2 ~ 4e-33 and the sinc ~ 4e-17, whose product underflows to
+    exactly 0 in float32, so the columns left out hold zeros in the dense kernel too."""
     width = _kernel_width(orig, new)
-    reach = LOWPASS_FILTER_WIDTH / (min(orig, new) * ROLLOFF)
-    first = math.floor(width + orig * (phases.start / new - reach)) - 1
-    last = math.ceil(width + orig * ((phases.stop - 1) / new + reach)) + 2
-    return range(max(first, 0), min(last, orig + 2 * width))
+    reach = LOWPASS_FILTER_WIDTH / (min(orig, new) * ROLLOFF)  # in input seconds times orig: see _sinc_weights
+    taps = math.ceil(2 * reach * orig) + 3
+    phases = torch.arange(new, device=device)
+    first = torch.floor(width + orig * (phases.double() / new - reach)).long() - 1
+    first = first.clamp(0, orig + 2 * width - taps)
+    columns = first[:, None] + torch.arange(taps, device=device)
+    return columns, _sinc_weights(orig, new, phases, columns)
 
 
 def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
@@ -91,29 +94,28 @@ def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Ten
     orig, new = reduced_ratio(orig_freq, new_freq)
     width = _kernel_width(orig, new)
     leading, length = waveform.shape[:-1], waveform.shape[-1]
-    signals = waveform.reshape(-1, 1, length).float()
+    signals = waveform.reshape(-1, length).float()
     # Output frame n (output samples n * new .. n * new + new - 1) reads input n * orig - width .. + orig + width.
     padded = torch.nn.functional.pad(signals, (width, width + orig))
-    frames = length // orig + 1
+    kept = resampled_length(length, orig, new)
     if new * (orig + 2 * width) <= MAX_KERNEL_ELEMENTS:
-        chunk = new
-    else:  # a few phases at a time, each with only its own taps: memory and work stay near 4 * width per sample
-        chunk = max(1, min(new, (2 * width * new) // orig))
-    pieces = []
-    # Full float32 accuracy on GPUs, where cuDNN would otherwise use TF32 for convolutions.
-    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
-        for start in range(0, new, chunk):
-            phases = range(start, min(start + chunk, new))
-            if chunk == new:
-                columns, kernel = range(orig + 2 * width), _whole_kernel(orig, new, waveform.device)
-            else:
-                columns = _support(orig, new, phases)
-                kernel = _sinc_kernel(orig, new, phases, columns, waveform.device)
-            source = padded[..., columns.start :]
-            pieces.append(torch.nn.functional.conv1d(source, kernel, stride=orig)[..., :frames])
-    # (signals, phase, frame) -> time-ordered output samples frame * new + phase.
-    resampled = torch.cat(pieces, dim=1).transpose(1, 2).reshape(signals.shape[0], -1)
-    return resampled[:, : resampled_length(length, orig, new)].reshape(*leading, -1)
+        # torchaudio's computation: one strided convolution with every phase as an output channel. On GPUs without
+        # TF32, which cuDNN would otherwise use.
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            phases = torch.nn.functional.conv1d(padded[:, None], _dense_kernel(orig, new, waveform.device), stride=orig)
+        # (signals, phase, frame) -> time-ordered output samples frame * new + phase.
+        resampled = phases.transpose(1, 2).reshape(signals.shape[0], -1)[:, :kept]
+    else:
+        # A rate with a large reduced ratio (44101:16000): each output sample gathers its own taps, in blocks.
+        columns, weights = _sparse_kernel(orig, new, waveform.device)
+        resampled = torch.empty(signals.shape[0], kept, device=waveform.device)
+        block = max(1, MAX_KERNEL_ELEMENTS // (columns.shape[1] * signals.shape[0]))
+        for start in range(0, kept, block):
+            output = torch.arange(start, min(start + block, kept), device=waveform.device)
+            phase = output % new
+            taps = padded[:, (output // new * orig)[:, None] + columns[phase]]  # (signals, outputs, taps)
+            resampled[:, start : start + block] = (taps * weights[phase]).sum(-1)
+    return resampled.reshape(*leading, -1)
 
 
 def _k_weighting_coefficients(sample_rate: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
