@@ -101,8 +101,9 @@ def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Ten
     if new * (orig + 2 * width) <= MAX_KERNEL_ELEMENTS:
         # torchaudio's computation: one strided convolution with every phase as an output channel. On GPUs without
         # TF32, which cuDNN would otherwise use.
+        kernel = _dense_kernel(orig, new, waveform.device)
         with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
-            phases = torch.nn.functional.conv1d(padded[:, None], _dense_kernel(orig, new, waveform.device), stride=orig)
+            phases = torch.nn.functional.conv1d(padded[:, None], kernel, stride=orig)
         # (signals, phase, frame) -> time-ordered output samples frame * new + phase.
         resampled = phases.transpose(1, 2).reshape(signals.shape[0], -1)[:, :kept]
     else:
