@@ -102,7 +102,8 @@ def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Ten
         # torchaudio's computation: one strided convolution with every phase as an output channel. On GPUs without
         # TF32, which cuDNN would otherwise use.
         kernel = _dense_kernel(orig, new, waveform.device)
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(cudnn.enabled, cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False):
             phases = torch.nn.functional.conv1d(padded[:, None], kernel, stride=orig)
         # (signals, phase, frame) -> time-ordered output samples frame * new + phase.
         resampled = phases.transpose(1, 2).reshape(signals.shape[0], -1)[:, :kept]
