@@ -172,7 +172,7 @@ class Codec:
         """Codes (tokens per frame, frames), the model input (normalized mono at the model's rate) and its length."""
         audio, rate = read_audio(path)
         try:
-            features = self.extractor(audio, sampling_rate=rate, return_tensors="pt")
+            features = self.extractor(audio, sampling_rate=rate, return_tensors="pt", device=self.device)
             encoded = self.model.encode(
                 features["input_values"].to(self.device, self.model.dtype),
                 padding_mask=features["padding_mask"].to(self.device),
@@ -182,7 +182,7 @@ class Codec:
         except ValueError as error:
             raise CliError(f"{path}: {error}") from None
         num_samples = int(features["padding_mask"].sum())
-        return encoded.audio_codes[0], features["input_values"][0, 0, :num_samples].numpy(), rate
+        return encoded.audio_codes[0], features["input_values"][0, 0, :num_samples].cpu().numpy(), rate
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor, bottleneck: str | None, num_samples: int) -> np.ndarray:
