@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FlashAttention-4 (flash-attn-4, the CuTe-DSL kernels) for the GPU machine, which has no internet and takes at most
 # 64 MiB per device call, working tree included. Run HERE: downloads the wheels (Python 3.12, x86-64, CUDA 13 libs)
-# and cuts them into parts of PART_MB megabytes under .whl/fa4/part-N/ (git-ignored).
+# and cuts them into parts (of PART_MB MiB, by default what a call has room for) under .whl/fa4/part-N/ (git-ignored).
 #
 # Then, on one warm machine, one device call per part, each started within ~30 s of the last (the machine's /tmp
 # survives only while it stays warm):
@@ -12,7 +12,10 @@
 # attn_implementation="flash_attention_4" works there (transformers >= 5.17 knows it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PART_MB=${PART_MB:-25}  # the tree itself travels too: 64 MiB minus the tracked files (du of `git ls-files`)
+# The tree travels with each part: the parts take what 64 MiB leaves beside the tracked files, less 2 MiB of margin.
+tree_mib=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | awk '{print int($1 / 1048576) + 1}')
+PART_MB=${PART_MB:-$((62 - tree_mib))}
+echo "tracked files: ${tree_mib} MiB; parts of ${PART_MB} MiB"
 
 download=$(mktemp -d)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
