@@ -281,8 +281,9 @@ def _pad_to(signal: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(signal, (0, length - signal.shape[-1]))
 
 
-def _as_clip_list(raw_audio) -> list[np.ndarray]:
-    """A list (or tuple) of arrays, tensors or lists is a batch; anything else is one clip."""
+def _as_clip_list(raw_audio) -> list:
+    """A list (or tuple) of arrays, tensors or lists is a batch; anything else is one clip. Each clip comes back as
+    a NumPy array or a floating point tensor (see _as_array)."""
     if isinstance(raw_audio, (list, tuple)):
         if len(raw_audio) == 0:
             raise ValueError("No audio given: `raw_audio` is an empty list.")
