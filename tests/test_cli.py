@@ -196,7 +196,7 @@ def test_evaluate_writes_a_table_as_csv_and_json(tmp_path, speech_files, tiny_mo
 
 def test_missing_and_unreadable_inputs_are_reported(tmp_path, speech_files):
     missing = run_cli("encode", tmp_path / "nowhere.wav", "-o", tmp_path, expect_success=False)
-    assert missing.returncode == 1 and "nowhere.wav: no such file or folder" in missing.stderr
+    assert missing.returncode == 2 and "nowhere.wav: no such file or folder" in missing.stderr
     (tmp_path / "notes.wav").write_text("not audio")
     unreadable = run_cli("reconstruct", tmp_path / "notes.wav", "-o", tmp_path / "out", expect_success=False)
     assert "notes.wav: cannot read it as audio" in unreadable.stderr and "Traceback" not in unreadable.stderr
@@ -226,7 +226,7 @@ def test_mismatched_codes_files_are_reported(tmp_path, speech_files, tiny_model_
         (variant("short", num_samples="100"), [], "frames of codes for 100 samples"),
         (variant("foreign", format="something-else"), [], "not a Stable Codec codes file"),
         (variant("out_of_range", {"audio_codes": codes + 15625}), [], "outside the codebook"),
-        (good, ["--model", half_hop], "hop 320"),
+        (good, ["--model", half_hop, "--allow-other-weights"], "hop 320"),
     ]
     for path, options, message in cases:
         result = run_cli("decode", path, *options, "-o", tmp_path / "decoded", expect_success=False)
