@@ -159,8 +159,8 @@ def load_codec(location: str, device: str, dtype: torch.dtype, attn_implementati
         extractor = StableCodecFeatureExtractor(sampling_rate=model.sampling_rate, hop_length=model.hop_length)
     if (extractor.sampling_rate, extractor.hop_length) != (model.sampling_rate, model.hop_length):
         raise CliError(
-            f"{location}: the feature extractor ({extractor.sampling_rate} Hz, hop {extractor.hop_length}) does not fit "
-            f"the model ({model.sampling_rate} Hz, hop {model.hop_length})."
+            f"{location}: the feature extractor ({extractor.sampling_rate} Hz, hop {extractor.hop_length}) does not "
+            f"fit the model ({model.sampling_rate} Hz, hop {model.hop_length})."
         )
     return model, extractor
 
@@ -401,7 +401,7 @@ class Codec:
 
     @torch.inference_mode()
     def encode(self, path: pathlib.Path, bottleneck: str | None):
-        """Codes (tokens per frame, frames), the model input (normalized mono at the model's rate) and the file's rate."""
+        """Codes (tokens per frame, frames), the model input (normalized mono at the model's rate), the file's rate."""
         audio, rate = read_audio(path)
         try:
             features = self.extractor(audio, sampling_rate=rate, return_tensors="pt")
@@ -550,11 +550,11 @@ class Decoder:
             tqdm.write(f"warning: {source}: cannot find the weight files of {name!r} to check them against the codes.")
         elif recorded != codec.sha256:
             message = (
-                f"{source} was encoded with {metadata['model']!r} (weights sha256 {recorded[:12]}…), but {name!r} has "
-                f"other weights (sha256 {codec.sha256[:12]}…): the audio would be wrong"
+                f"{source} was encoded with {metadata['model']!r} (weights sha256 {recorded[:12]}…), but {name!r} "
+                f"has other weights (sha256 {codec.sha256[:12]}…): the audio would be wrong"
             )
             if not self.args.allow_other_weights:
-                raise FileFailure(f"{message}. Pass --model the right model, or --allow-other-weights to decode anyway.")
+                raise FileFailure(f"{message}. Pass --model the right model, or --allow-other-weights to decode it.")
             tqdm.write(f"warning: {message}; decoding anyway (--allow-other-weights).")
         return codec
 
@@ -749,7 +749,10 @@ def command_evaluate(args) -> int:
     finally:  # also on Ctrl-C: what is done is kept
         log.close()
         scored = [row for row in rows if row["status"] == "ok"]
-        mean = {name: float(np.nanmean([row[name] for row in scored])) if scored else math.nan for name in METRIC_NAMES}
+        mean = {
+            name: float(np.nanmean([row[name] for row in scored])) if scored else math.nan
+            for name in METRIC_NAMES
+        }
         if json_path is not None:
             summary = {
                 "model": codec.name,
@@ -791,7 +794,7 @@ def _nan_to_none(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-# Arguments ------------------------------------------------------------------------------------------------------------
+# Arguments ----------------------------------------------------------------------------------------------------------
 
 
 def chunk_length(text: str) -> float:
@@ -842,7 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(run=run)
         return command
 
-    test_model = "'demo', the model shipped with the package, trained on synthetic espeak-ng speech (not for real use)."
+    test_model = "'demo', the model shipped with the package, trained on synthetic espeak-ng speech (a demo only)."
     add_command(
         "encode",
         command_encode,
