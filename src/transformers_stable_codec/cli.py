@@ -439,6 +439,11 @@ def write_audio(path: pathlib.Path, audio: np.ndarray, rate: int) -> None:
     write_atomically(path, lambda temporary: soundfile.write(temporary, audio, rate, subtype="FLOAT", format="WAV"))
 
 
+def warn(message: str) -> None:
+    """Warnings and errors go to standard error (results to standard output), above the progress bar."""
+    tqdm.write(message, file=sys.stderr)
+
+
 # Batches ------------------------------------------------------------------------------------------------------------
 
 
@@ -464,9 +469,9 @@ class Batch:
                 row = {"file": str(source), "status": "error", "message": f"{source}: {type(error).__name__}: {error}"}
             if row["status"] == "error":
                 self.failures.append(row["message"])
-                tqdm.write(f"error: {row['message']}", file=sys.stderr)
+                warn(f"error: {row['message']}")
             elif row["status"] == "skipped":
-                tqdm.write(f"skipped: {row['message']}", file=sys.stderr)
+                warn(f"skipped: {row['message']}")
             self.counts[row["status"]] += 1
             rows.append(row)
             if on_row is not None:
@@ -542,12 +547,12 @@ class Decoder:
             raise codec
         recorded = metadata.get("model_sha256")
         if recorded is None:
-            tqdm.write(
+            warn(
                 f"warning: {source} records no model_sha256 (written by an older stable-codec): cannot check that "
                 f"{name!r} is the model it was encoded with."
             )
         elif codec.sha256 is None:
-            tqdm.write(f"warning: {source}: cannot find the weight files of {name!r} to check them against the codes.")
+            warn(f"warning: {source}: cannot find the weight files of {name!r} to check them against the codes.")
         elif recorded != codec.sha256:
             message = (
                 f"{source} was encoded with {metadata['model']!r} (weights sha256 {recorded[:12]}…), but {name!r} "
@@ -555,7 +560,7 @@ class Decoder:
             )
             if not self.args.allow_other_weights:
                 raise FileFailure(f"{message}. Pass --model the right model, or --allow-other-weights to decode it.")
-            tqdm.write(f"warning: {message}; decoding anyway (--allow-other-weights).")
+            warn(f"warning: {message}; decoding anyway (--allow-other-weights).")
         return codec
 
 
@@ -617,6 +622,7 @@ def score(reference: np.ndarray, reconstruction: np.ndarray, rate: int, source: 
     seconds = len(reference) / rate
     if seconds < MIN_METRIC_S:
         note = f"too short for the metrics ({seconds:.3f} s; they need at least {MIN_METRIC_S} s): none computed"
+        warn(f"warning: {source}: {note}")
         return {name: math.nan for name in SCORERS}, note
     windows = metric_windows(len(reference), rate)
     scores, notes = {}, []
@@ -635,7 +641,7 @@ def score(reference: np.ndarray, reconstruction: np.ndarray, rate: int, source: 
             where = "" if len(windows) == 1 else f" in {len(reasons)} of {len(windows)} windows"
             notes.append(f"no {name}{where}: {reasons[0]}")
     for note in notes:
-        tqdm.write(f"warning: {source}: {note}")
+        warn(f"warning: {source}: {note}")
     return scores, "; ".join(notes)
 
 
