@@ -62,7 +62,9 @@ DEFAULT_MODEL = pathlib.Path(__file__).resolve().parent / "demo_model"
 DEMO_NAME = "demo"
 
 # Files longer than this are coded in chunks of this length (with the receptive field as context) unless
-# --chunk-length-s says otherwise: one call over an hour of audio needs gigabytes of activations.
+# --chunk-length-s says otherwise: one call over an hour of audio needs gigabytes of activations. Models whose
+# receptive field is long get chunks of twice their context (214 s for the paper-scale model) so that the context
+# costs at most half again the compute.
 AUTO_CHUNK_S = 60.0
 # The metrics score files longer than one window window by window (PESQ crashes on long input, STOI and the
 # spectral distances need memory in proportion to the length) and report the length-weighted mean of the windows.
@@ -392,11 +394,13 @@ class Codec:
         )
         self.sha256 = weights_sha256(self.location)
         self.chunk_length_s = args.chunk_length_s
+        context = max(sum(self.model.encoder_receptive_field), sum(self.model.decoder_receptive_field))
+        self.auto_chunk_s = max(AUTO_CHUNK_S, 2 * context / self.model.frame_rate)
 
     def chunking(self, num_samples: int) -> float | None:
-        """Seconds per chunk for a signal of this length: the option, or chunks above AUTO_CHUNK_S; 0 is never."""
+        """Seconds per chunk for a signal of this length: the option (0: never), or chunks for long signals."""
         if self.chunk_length_s is None:
-            return AUTO_CHUNK_S if num_samples > AUTO_CHUNK_S * self.model.sampling_rate else None
+            return self.auto_chunk_s if num_samples > self.auto_chunk_s * self.model.sampling_rate else None
         return self.chunk_length_s or None
 
     @torch.inference_mode()
@@ -838,8 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--chunk-length-s",
             type=chunk_length,
             help="code files in chunks of this many seconds, each with the model's receptive field as context: the "
-            "same output in memory bounded by the chunk; 0 codes whole files at once (default: chunks of "
-            f"{AUTO_CHUNK_S:g} s for files longer than that)",
+            "same output in memory bounded by the chunk; 0 codes whole files at once (default: files longer than "
+            f"{AUTO_CHUNK_S:g} s, or twice the model's receptive field if longer, in chunks of that length)",
         )
         command.add_argument(
             "--overwrite",
