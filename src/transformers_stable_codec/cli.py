@@ -69,7 +69,7 @@ AUTO_CHUNK_S = 60.0
 # The metrics score files longer than one window window by window (PESQ crashes on long input, STOI and the
 # spectral distances need memory in proportion to the length) and report the length-weighted mean of the windows.
 METRIC_WINDOW_S = 30.0
-# Shorter clips get no metrics: STOI needs 30 frames of 25.6 ms and PESQ a quarter second of speech.
+# Shorter clips get no metrics: STOI needs 30 overlapping frames of 25.6 ms (0.4 s) of speech.
 MIN_METRIC_S = 0.5
 HUB_PROBE_TIMEOUT_S = 3.0
 
