@@ -22,7 +22,6 @@ import time
 import numpy as np
 import soundfile
 
-
 SENTENCE = "Stable Codec turns speech into a few hundred bits per second and back."
 RATE = 16000
 

@@ -146,7 +146,9 @@ def test_chunked_coding_gives_the_same_files(tmp_path, speech_files, tiny_model_
     chunked, _ = soundfile.read(tmp_path / "chunked_audio" / f"{source.stem}.wav", dtype="float32")
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-4)
     # The option reaches the model: a chunk shorter than one frame is refused by it.
-    failed = run_cli("encode", source, "--model", tiny_model_dir, "--chunk-length-s", "0.01", "-o", tmp_path, expect_success=False)
+    failed = run_cli(
+        "encode", source, "--model", tiny_model_dir, "--chunk-length-s", "0.01", "-o", tmp_path, expect_success=False
+    )
     assert "chunk_length_s" in failed.stderr
 
 

@@ -4,7 +4,6 @@ on past bad files, finished work stays on disk, and bad inputs get clear message
 import csv
 import hashlib
 import json
-import os
 import pathlib
 import time
 
@@ -16,7 +15,11 @@ from safetensors.torch import save_file
 
 from transformers_stable_codec import cli
 
-from .test_cli import run_cli, speech_files, tiny_model_dir  # noqa: F401  (fixtures)
+from . import test_cli
+from .test_cli import run_cli
+
+# test_cli's module fixtures: real speech files and a saved tiny model.
+speech_files, tiny_model_dir = test_cli.speech_files, test_cli.tiny_model_dir
 
 
 pytestmark = pytest.mark.slow

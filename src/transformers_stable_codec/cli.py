@@ -20,6 +20,7 @@ See docs/cli.md.
 import argparse
 import csv
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -36,6 +37,8 @@ from urllib.parse import urlparse
 import numpy as np
 import soundfile
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
@@ -44,7 +47,6 @@ from .configuration_stable_codec import POSTHOC_BOTTLENECK_PRESETS
 from .feature_extraction_stable_codec import StableCodecFeatureExtractor
 from .metrics import METRIC_NAMES
 from .modeling_stable_codec import StableCodecModel
-
 
 CODES_FORMAT = "stable-codec-codes/1"
 CODES_SUFFIX = ".codes.safetensors"
@@ -103,9 +105,7 @@ def looks_like_a_path(name: str) -> bool:
 
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     """Whether a TCP connection to the Hub opens within `timeout` (name lookup included: it runs in a thread)."""
-    from huggingface_hub import constants
-
-    endpoint = urlparse(constants.ENDPOINT)
+    endpoint = urlparse(hub_constants.ENDPOINT)
     address = (endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80))
     reached = []
 
@@ -125,12 +125,12 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 def hub_load_options(location: str) -> dict:
     """`local_files_only=True` when a Hub id is asked for and the Hub cannot be reached: huggingface_hub would retry
     for minutes before failing."""
-    from huggingface_hub import constants
-
-    if os.path.isdir(location) or constants.HF_HUB_OFFLINE:
+    if os.path.isdir(location):
         return {}
     if looks_like_a_path(location):
         raise CliError(f"cannot load the model {location!r}: no such folder.")
+    if hub_constants.HF_HUB_OFFLINE:
+        return {"local_files_only": True}
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return {}  # the Hub may be reachable through the proxy only: let huggingface_hub try
     if hub_reachable():
@@ -148,6 +148,12 @@ def load_codec(location: str, device: str, dtype: torch.dtype, attn_implementati
         )
         model = model.to(device).eval()
     except (OSError, ValueError, ImportError, RuntimeError) as error:
+        if options.get("local_files_only") and hub_constants.HF_HUB_OFFLINE:
+            raise CliError(
+                f"cannot load the model {location!r}: HF_HUB_OFFLINE is set, so only the local Hugging Face cache is "
+                "used, and the model is not in it. Unset HF_HUB_OFFLINE where there is a network, or pass --model a "
+                "local folder."
+            ) from None
         if options.get("local_files_only"):
             raise CliError(
                 f"cannot load the model {location!r}: the Hugging Face Hub cannot be reached (no network?) and the "
@@ -169,8 +175,6 @@ def load_codec(location: str, device: str, dtype: torch.dtype, attn_implementati
 
 def weight_files(location: str) -> list[pathlib.Path]:
     """The files holding the model's weights, in a local folder or in the Hub cache (after loading); [] if unknown."""
-    from huggingface_hub import try_to_load_from_cache
-
     def find(name):
         if os.path.isdir(location):
             path = pathlib.Path(location) / name
@@ -349,7 +353,7 @@ def read_codes(path: pathlib.Path) -> tuple[torch.Tensor, dict]:
                     f"{path}: not a Stable Codec codes file (format {metadata.get('format')!r}, expected "
                     f"{CODES_FORMAT!r})."
                 )
-            if "audio_codes" not in handle.keys():
+            if "audio_codes" not in handle.keys():  # noqa: SIM118  (safe_open is no container)
                 raise FileFailure(f"{path}: the codes file has no 'audio_codes' tensor.")
             codes = handle.get_tensor("audio_codes")
     except (SafetensorError, OSError) as error:
@@ -469,7 +473,7 @@ class Batch:
                 row = job(item)
             except FileFailure as error:
                 row = {"file": str(source), "status": "error", "message": str(error)}
-            except Exception as error:  # a bug or an unforeseen input: still only this file's failure
+            except Exception as error:  # noqa: BLE001  (a bug or an unforeseen input: still only this file's failure)
                 row = {"file": str(source), "status": "error", "message": f"{source}: {type(error).__name__}: {error}"}
             if row["status"] == "error":
                 self.failures.append(row["message"])
@@ -616,7 +620,7 @@ def metric_windows(num_samples: int, rate: int) -> list[slice]:
     length (so none is a short remainder)."""
     count = max(1, math.ceil(num_samples / (METRIC_WINDOW_S * rate)))
     bounds = np.linspace(0, num_samples, count + 1).round().astype(int)
-    return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+    return [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
 
 
 def score(reference: np.ndarray, reconstruction: np.ndarray, rate: int, source: pathlib.Path) -> tuple[dict, str]:
@@ -706,7 +710,7 @@ class RowLog:
         self.path, self.handle = path, None
         if path is not None:
             self.partial = path.with_name(path.name + ".partial")
-            self.handle = open(self.partial, "w", newline="")
+            self.handle = open(self.partial, "w", newline="")  # noqa: SIM115  (open across calls, closed in close)
             self.writer = csv.DictWriter(self.handle, fieldnames=CSV_FIELDS)
             self.writer.writeheader()
             self.handle.flush()
