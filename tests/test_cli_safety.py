@@ -137,6 +137,10 @@ def test_truncated_and_tiny_audio_get_clear_messages(tmp_path, speech_files, tin
     result = run_cli("reconstruct", tiny, "--model", tiny_model_dir, "-o", tmp_path / "out")
     assert "too short for the metrics (0.010 s" in result.stderr and "RuntimeWarning" not in result.stderr
     assert (tmp_path / "out" / "tiny.wav").is_file()
+    run_cli("evaluate", tiny, "--model", tiny_model_dir, "--csv", tmp_path / "tiny.csv")
+    with open(tmp_path / "tiny.csv") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["status"] == "ok" and "too short" in row["message"] and row["stoi"] == row["si_sdr"] == ""
 
 
 def test_codes_name_the_model_portably_and_decoding_checks_its_weights(tmp_path, speech_files, tiny_model_dir):

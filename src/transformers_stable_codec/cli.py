@@ -717,7 +717,8 @@ class RowLog:
 
     def append(self, row: dict) -> None:
         if self.handle is not None:
-            self.writer.writerow({key: row.get(key, "") for key in CSV_FIELDS})
+            cells = _nan_to_none({key: row.get(key) for key in CSV_FIELDS})
+            self.writer.writerow({key: "" if value is None else value for key, value in cells.items()})
             self.handle.flush()
             os.fsync(self.handle.fileno())
 
