@@ -146,7 +146,9 @@ def test_chunked_coding_gives_the_same_files(tmp_path, speech_files, tiny_model_
     chunked, _ = soundfile.read(tmp_path / "chunked_audio" / f"{source.stem}.wav", dtype="float32")
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-4)
     # The option reaches the model: a chunk shorter than one frame is refused by it.
-    failed = run_cli("encode", source, "--model", tiny_model_dir, "--chunk-length-s", "0.01", "-o", tmp_path, expect_success=False)
+    failed = run_cli(
+        "encode", source, "--model", tiny_model_dir, "--chunk-length-s", "0.01", "-o", tmp_path, expect_success=False
+    )
     assert "chunk_length_s" in failed.stderr
 
 
@@ -196,7 +198,7 @@ def test_evaluate_writes_a_table_as_csv_and_json(tmp_path, speech_files, tiny_mo
 
 def test_missing_and_unreadable_inputs_are_reported(tmp_path, speech_files):
     missing = run_cli("encode", tmp_path / "nowhere.wav", "-o", tmp_path, expect_success=False)
-    assert missing.returncode == 1 and "nowhere.wav: no such file or folder" in missing.stderr
+    assert missing.returncode == 2 and "nowhere.wav: no such file or folder" in missing.stderr
     (tmp_path / "notes.wav").write_text("not audio")
     unreadable = run_cli("reconstruct", tmp_path / "notes.wav", "-o", tmp_path / "out", expect_success=False)
     assert "notes.wav: cannot read it as audio" in unreadable.stderr and "Traceback" not in unreadable.stderr
@@ -226,7 +228,7 @@ def test_mismatched_codes_files_are_reported(tmp_path, speech_files, tiny_model_
         (variant("short", num_samples="100"), [], "frames of codes for 100 samples"),
         (variant("foreign", format="something-else"), [], "not a Stable Codec codes file"),
         (variant("out_of_range", {"audio_codes": codes + 15625}), [], "outside the codebook"),
-        (good, ["--model", half_hop], "hop 320"),
+        (good, ["--model", half_hop, "--allow-other-weights"], "hop 320"),
     ]
     for path, options, message in cases:
         result = run_cli("decode", path, *options, "-o", tmp_path / "decoded", expect_success=False)
