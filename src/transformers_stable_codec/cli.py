@@ -53,7 +53,7 @@ CODES_SUFFIX = ".codes.safetensors"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
 BOTTLENECKS = (*POSTHOC_BOTTLENECK_PRESETS, "none")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
+ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_4")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -904,6 +904,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tokenize"]:  # the corpus tokenizer has its own options and runs under Accelerate
+        from .tokenize import main as tokenize
+
+        return tokenize(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

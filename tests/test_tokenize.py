@@ -1,0 +1,162 @@
+"""The corpus tokenizer (`stable-codec tokenize`, `accelerate launch -m transformers_stable_codec.tokenize`) on a
+real espeak-ng corpus of mixed rates, channel counts and formats with a broken file: one process, two processes,
+a kill and a restart, against each clip encoded alone."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import soundfile
+import torch
+from datasets import load_dataset
+
+from transformers_stable_codec import StableCodecFeatureExtractor, StableCodecModel
+
+from .conftest import randomize_, synthesize_speech, tiny_config
+
+
+pytestmark = pytest.mark.slow
+SENTENCES = [
+    ("a/birch.wav", "The birch canoe slid on the smooth planks.", 22050, 1),
+    ("a/sheet.flac", "Glue the sheet to the dark blue background.", 44100, 2),
+    ("b/depth.wav", "It is easy to tell the depth of a well.", 16000, 1),
+    ("b/c/chicken.flac", "These days a chicken leg is a rare dish.", 8000, 1),
+    ("rice.wav", "Rice is often served in round bowls.", 48000, 2),
+    ("juice.wav", "The juice of lemons makes fine punch.", 24000, 1),
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> pathlib.Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    for name, text, rate, channels in SENTENCES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        synthesize_speech(folder / name, text, rate, channels=channels)
+    (folder / "b" / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    (folder / "notes.txt").write_text("not audio: ignored")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> pathlib.Path:
+    folder = tmp_path_factory.mktemp("model")
+    randomize_(StableCodecModel(tiny_config()), seed=3).save_pretrained(folder)
+    return folder
+
+
+def tokenize(corpus, output_dir, model_dir, *options, processes: int = 1, wait: bool = True):
+    arguments = [str(corpus), "--output-dir", str(output_dir), "--model", str(model_dir), "--num-workers", "1",
+                 "--window-clips", "2", "--bottleneck", "2x15625_700bps", "--cpu", *options]
+    if processes == 1:  # through the console script's module, as `stable-codec tokenize`
+        command = [sys.executable, "-m", "transformers_stable_codec.cli", "tokenize", *arguments]
+    else:
+        # Without GPUs, `--multi_gpu` with ACCELERATE_USE_CPU starts one CPU process per rank, over gloo.
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "-m", "transformers_stable_codec.tokenize", *arguments]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
+def rows_by_id(output_dir) -> dict:
+    rows = load_dataset("parquet", data_dir=str(output_dir), split="train")
+    ids = rows["id"]
+    assert len(ids) == len(set(ids)), "a clip was written twice"
+    return {row["id"]: row for row in rows}
+
+
+@pytest.fixture(scope="module")
+def one_process(corpus, model_dir, tmp_path_factory) -> pathlib.Path:
+    output_dir = tmp_path_factory.mktemp("tokens-1")
+    result = tokenize(corpus, output_dir, model_dir)
+    assert result.returncode == 1, result.stdout + result.stderr  # 1: a clip failed
+    return output_dir
+
+
+def test_every_clip_gets_the_codes_it_gets_alone(one_process, corpus, model_dir):
+    rows = rows_by_id(one_process)
+    assert sorted(rows) == sorted(name for name, *_ in SENTENCES)
+    model = StableCodecModel.from_pretrained(model_dir).eval()
+    extractor = StableCodecFeatureExtractor(sampling_rate=model.sampling_rate, hop_length=model.hop_length)
+    for name, *_ in SENTENCES:
+        audio, rate = soundfile.read(corpus / name, dtype="float32", always_2d=True)
+        features = extractor(audio.T, sampling_rate=rate, return_tensors="pt")
+        with torch.no_grad():
+            alone = model.encode(**features, posthoc_bottleneck="2x15625_700bps")
+        frames = int(alone.audio_codes_mask.sum())
+        row = rows[name]
+        assert row["num_frames"] == frames and row["duration_s"] == pytest.approx(audio.shape[0] / rate)
+        assert torch.equal(torch.tensor(row["audio_codes"]), alone.audio_codes[0, :, :frames]), name
+    # The codes decode with the model that made them.
+    codes = torch.tensor(rows["rice.wav"]["audio_codes"])[None]
+    audio = model.decode(codes, posthoc_bottleneck="2x15625_700bps").audio_values
+    assert audio.shape[-1] == codes.shape[-1] * model.hop_length
+
+
+def test_the_manifest_counts_everything_and_names_the_failure(one_process, model_dir):
+    manifest = json.loads((one_process / "manifest.json").read_text())
+    assert (manifest["clips"], manifest["failed"], manifest["world_size"]) == (len(SENTENCES), 1, 1)
+    assert manifest["failures"][0]["id"] == "b/broken.wav" and "cannot read it as audio" in manifest["failures"][0]["reason"]
+    rows = rows_by_id(one_process)
+    assert manifest["frames"] == sum(row["num_frames"] for row in rows.values())
+    assert manifest["audio_hours"] == pytest.approx(sum(row["duration_s"] for row in rows.values()) / 3600)
+    assert manifest["model_sha256"] and manifest["hop_length"] == 640 and manifest["frame_rate"] == 25.0
+    assert manifest["bottleneck"] == "2x15625_700bps" and manifest["codebook_sizes"] == [15625, 15625]
+    # 7 clips (the broken one included) in windows of 2: 4 shards, and a journal per window.
+    assert manifest["shards"] == 4 == len(list(one_process.glob("train-*.parquet")))
+    assert len(list((one_process / "windows").glob("*.json"))) == 4
+
+
+def test_two_processes_give_the_same_rows(one_process, corpus, model_dir, tmp_path):
+    result = tokenize(corpus, tmp_path, model_dir, processes=2)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert rows_by_id(tmp_path) == rows_by_id(one_process)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert (manifest["world_size"], manifest["failed"], len(manifest["processes"])) == (2, 1, 2)
+
+
+def test_a_killed_run_resumes_without_losing_or_repeating_a_clip(one_process, corpus, model_dir, tmp_path):
+    process = tokenize(corpus, tmp_path, model_dir, "--window-clips", "1", wait=False)
+    deadline = time.monotonic() + 300
+    while len(list(tmp_path.glob("windows/*.json"))) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    written = len(list(tmp_path.glob("windows/*.json")))
+    assert 2 <= written < len(SENTENCES) + 1 and not (tmp_path / "manifest.json").exists()
+    result = tokenize(corpus, tmp_path, model_dir, "--window-clips", "1")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert rows_by_id(tmp_path) == rows_by_id(one_process)
+    assert json.loads((tmp_path / "manifest.json").read_text())["failed"] == 1
+
+
+def test_other_settings_on_an_earlier_run_and_the_input_as_output_are_refused(one_process, corpus, model_dir):
+    result = tokenize(corpus, one_process, model_dir, "--window-clips", "3")
+    assert result.returncode == 2 and "window_clips: 2 there, 3 now" in result.stderr
+    result = tokenize(corpus, corpus, model_dir)
+    assert result.returncode == 2 and "must not be INPUT" in result.stderr
+
+
+@pytest.mark.parametrize("layout", ["save_to_disk", "parquet"])
+def test_a_datasets_corpus_gives_the_rows_of_its_files(one_process, corpus, model_dir, tmp_path, layout):
+    from datasets import Audio, Dataset
+
+    names = [name for name, *_ in SENTENCES]
+    dataset = Dataset.from_dict({"path": names, "audio": [str(corpus / name) for name in names]})
+    dataset = dataset.cast_column("audio", Audio())
+    if layout == "save_to_disk":
+        dataset.save_to_disk(tmp_path / "dataset")
+    else:
+        (tmp_path / "dataset").mkdir()
+        dataset.to_parquet(tmp_path / "dataset" / "clips.parquet")  # the audio bytes are embedded
+    result = tokenize(tmp_path / "dataset", tmp_path / "tokens", model_dir, "--id-column", "path")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rows_by_id(tmp_path / "tokens") == {name: row for name, row in rows_by_id(one_process).items()}
