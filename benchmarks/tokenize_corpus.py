@@ -88,7 +88,8 @@ def main() -> None:
     for process in manifest["processes"]:
         split = ", ".join(f"{name} {value:.1f} s" for name, value in process["seconds"].items())
         print(f"rank {process['rank']}: {process['audio_seconds'] / 3600:.2f} h in {process['wall_seconds']:.1f} s "
-              f"= {process['realtime_factor']:,.0f}x real time ({split})")
+              f"= {process['realtime_factor']:,.0f}x real time, {process['realtime_factor_after_first_window'] or 0:,.0f}x "
+              f"after the first window ({split})")
     print(f"with start-up (model load, compile, workers): {audio_seconds / wall:,.0f}x")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

@@ -192,8 +192,13 @@ def length_batches(clips: list[Clip], batch_seconds: float) -> list[list[Clip]]:
 class Tokenizer:
     """The model, its feature extractor on the same device, and the bottleneck: clips in, rows of codes out."""
 
-    def __init__(self, model, feature_extractor, bottleneck: str | None, bucket_seconds: float):
+    def __init__(self, model, feature_extractor, bottleneck: str | None, bucket_seconds: float, compile_mode=None):
         self.model, self.feature_extractor, self.bottleneck = model, feature_extractor, bottleneck
+        self.encode = model.encode
+        if compile_mode is not None:
+            self.encode = torch.compile(model.encode, mode=compile_mode, dynamic=False)
+        # CUDA graphs (reduce-overhead) replay into the same memory: each call starts a new step.
+        self.marks_steps = compile_mode in ("reduce-overhead", "max-autotune")
         # Padded lengths rounded up to whole buckets: few distinct shapes, so a compiled model reuses its graphs.
         self.bucket = max(1, round(bucket_seconds * model.sampling_rate / model.hop_length)) * model.hop_length
         self.seconds = {"preprocess": 0.0, "model": 0.0}
@@ -215,7 +220,9 @@ class Tokenizer:
             padding_mask = torch.nn.functional.pad(padding_mask, (0, padding))
         synchronize(device)
         encoding = time.perf_counter()
-        encoded = self.model.encode(input_values, padding_mask=padding_mask, posthoc_bottleneck=self.bottleneck)
+        if self.marks_steps:
+            torch.compiler.cudagraph_mark_step_begin()
+        encoded = self.encode(input_values, padding_mask=padding_mask, posthoc_bottleneck=self.bottleneck)
         codes = encoded.audio_codes.cpu()
         num_frames = encoded.audio_codes_mask.sum(dim=-1).cpu()
         done = time.perf_counter()
@@ -378,9 +385,7 @@ def run(args) -> dict:
     check_run(output_dir, run_settings)
     source = open_source(args)
     model, extractor, model_info = load_model(args, device)
-    if args.compile:
-        model.encode = torch.compile(model.encode, dynamic=False)
-    tokenizer = Tokenizer(model, extractor, bottleneck_argument(args.bottleneck), args.bucket_seconds)
+    tokenizer = Tokenizer(model, extractor, bottleneck_argument(args.bottleneck), args.bucket_seconds, args.compile)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         for leftover in output_dir.rglob(".*.tmp"):  # half-written files of a killed run
@@ -406,7 +411,7 @@ def run(args) -> dict:
         total=len(indices), unit="clip", disable=not accelerator.is_main_process, desc=f"tokenizing ({world_size} proc.)"
     )
     seconds = {"waiting_for_audio": 0.0, "writing": 0.0}
-    audio_seconds, started = 0.0, time.perf_counter()
+    audio_seconds, started, first_window = 0.0, time.perf_counter(), None
     clips = iter(loader)
     for index in todo:
         waited = time.perf_counter()
@@ -422,6 +427,8 @@ def run(args) -> dict:
         seconds["writing"] += time.perf_counter() - writing
         audio_seconds += sum(row["duration_s"] for row in rows)
         elapsed = time.perf_counter() - started
+        if first_window is None:  # compilation and the workers' start-up fall into the first window
+            first_window = {"audio_seconds": audio_seconds, "wall_seconds": elapsed}
         progress.update(len(window))
         progress.set_postfix(hours=f"{audio_seconds / 3600:.2f}", realtime=f"{audio_seconds / elapsed:,.0f}x")
     progress.close()
@@ -433,6 +440,12 @@ def run(args) -> dict:
         "audio_seconds": audio_seconds,
         "wall_seconds": elapsed,
         "realtime_factor": audio_seconds / elapsed if elapsed else None,
+        "first_window": first_window,
+        "realtime_factor_after_first_window": (
+            (audio_seconds - first_window["audio_seconds"]) / (elapsed - first_window["wall_seconds"])
+            if first_window and elapsed > first_window["wall_seconds"]
+            else None
+        ),
         "seconds": {**seconds, **tokenizer.seconds},
     }
     (output_dir / "stats").mkdir(exist_ok=True)
@@ -460,7 +473,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--bucket-seconds", type=positive_float, default=1.0, help="padded lengths round up to these")
     parser.add_argument("--window-clips", type=positive_int, default=512, help="clips per window (and per shard)")
     parser.add_argument("--num-workers", type=non_negative_int, default=min(8, os.cpu_count() or 1))
-    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (GPUs)")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=["default", "reduce-overhead", "max-autotune"],
+        help="torch.compile the encoder, in this mode (default: %(const)s); reduce-overhead adds CUDA graphs (GPUs)",
+    )
     parser.add_argument("--cpu", action="store_true", help="run on CPU processes even where GPUs exist")
     parser.add_argument("--split", default="train", help="dataset split (saved DatasetDicts and Hub datasets)")
     parser.add_argument("--audio-column", default="audio")
