@@ -12,6 +12,7 @@ model, the bottleneck, the sampling rate, the hop length and the number of sampl
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -229,7 +230,11 @@ def command_encode(args) -> None:
 
 def command_decode(args) -> None:
     inputs = collect(args.inputs, (CODES_SUFFIX,), "codes files")
-    outputs = output_paths(inputs, pathlib.Path(args.output_dir), CODES_SUFFIX, ".wav")
+    to_stdout = args.stream and args.output_dir == "-"
+    if to_stdout:
+        outputs = [None] * len(inputs)
+    else:
+        outputs = output_paths(inputs, pathlib.Path(args.output_dir), CODES_SUFFIX, ".wav")
     files = [(source, target, *read_codes(source)) for source, target in zip(inputs, outputs)]
     codecs = {}
     for source, target, codes, metadata in progress(files, "decode"):
@@ -255,12 +260,44 @@ def command_decode(args) -> None:
             raise CliError(
                 f"{source}: {codes.shape[-1]} frames of codes for {num_samples} samples (expected {frames})."
             )
+        if args.stream:
+            stream_audio(codec, codes, bottleneck_argument(metadata["bottleneck"]), num_samples, source, target, args)
+            continue
         try:
             audio = codec.decode(codes, bottleneck_argument(metadata["bottleneck"]), num_samples)
         except ValueError as error:
             raise CliError(f"{source}: the codes do not fit the model {location!r}: {error}") from None
         write_audio(target, audio, model.sampling_rate)
         tqdm.write(f"{source} -> {target}  {num_samples / model.sampling_rate:.2f} s")
+
+
+@torch.inference_mode()
+def stream_audio(codec, codes, bottleneck, num_samples: int, source: pathlib.Path, target, args) -> None:
+    """`decode --stream`: the codes handed to `decode_stream` frame by frame, as a speech LM emits them, and each
+    chunk of audio written as it comes: raw PCM s16le to stdout for no `target`, else into a WAV file that grows
+    (libsndfile rewrites its header with the final length at close)."""
+    model = codec.model
+    chunks = codes[None].to(codec.device).split(1, dim=-1)
+    stream = model.decode_stream(chunks, bottleneck, lookahead_frames=args.lookahead_frames)
+    written = 0
+    with contextlib.ExitStack() as stack:
+        if target is not None:
+            sink = stack.enter_context(soundfile.SoundFile(target, "w", model.sampling_rate, 1, subtype="FLOAT"))
+        try:
+            for audio in stream:
+                audio = audio[0, 0, : num_samples - written].float().cpu().numpy()
+                written += len(audio)
+                if target is None:
+                    pcm = (np.clip(audio, -1.0, 1.0) * 32767).round().astype("<i2")
+                    sys.stdout.buffer.write(pcm.tobytes())
+                    sys.stdout.buffer.flush()
+                else:
+                    sink.write(audio)
+                    sink.flush()
+        except ValueError as error:
+            raise CliError(f"{source}: the codes do not fit the model {codec.location!r}: {error}") from None
+    seconds = num_samples / model.sampling_rate
+    tqdm.write(f"{source} -> {target or 'stdout (s16le)'}  {seconds:.2f} s, streamed", file=sys.stderr)
 
 
 def require_metrics() -> None:
@@ -400,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         test_model,
         output="<name>.codes.safetensors",
     )
-    add_command(
+    decode = add_command(
         "decode",
         command_decode,
         "codes files -> 16 kHz WAV files",
@@ -408,6 +445,17 @@ def build_parser() -> argparse.ArgumentParser:
         "the model recorded in each codes file.",
         output="decoded <name>.wav",
         bottleneck=False,
+    )
+    decode.add_argument(
+        "--stream",
+        action="store_true",
+        help="decode frame by frame (model.decode_stream) and write the audio as it comes; with -o - as raw 16-bit "
+        "PCM (s16le, mono, model rate) to stdout",
+    )
+    decode.add_argument(
+        "--lookahead-frames",
+        type=int,
+        help="with --stream: future frames the decoder sees (default: its receptive field, the exact audio)",
     )
     add_command(
         "reconstruct",
