@@ -26,8 +26,9 @@ REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def run_cli(*arguments, expect_success: bool = True) -> subprocess.CompletedProcess:
-    """Runs the installed console script if there is one beside this interpreter, else the same `main` via -m."""
+def run_cli(*arguments, expect_success: bool = True, text: bool = True) -> subprocess.CompletedProcess:
+    """Runs the installed console script if there is one beside this interpreter, else the same `main` via -m.
+    `text=False` keeps stdout as bytes (for audio written there)."""
     script = pathlib.Path(sys.executable).with_name("stable-codec")
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "transformers_stable_codec.cli"]
     environment = {
@@ -35,7 +36,7 @@ def run_cli(*arguments, expect_success: bool = True) -> subprocess.CompletedProc
         "PYTHONPATH": os.pathsep.join([str(REPOSITORY / "src"), os.environ.get("PYTHONPATH", "")]),
     }
     result = subprocess.run(
-        [*command, *map(str, arguments)], capture_output=True, text=True, env=environment, timeout=300
+        [*command, *map(str, arguments)], capture_output=True, text=text, env=environment, timeout=300
     )
     assert (result.returncode == 0) == expect_success, result.stderr
     return result
@@ -234,3 +235,25 @@ def test_mismatched_codes_files_are_reported(tmp_path, speech_files, tiny_model_
         result = run_cli("decode", path, *options, "-o", tmp_path / "decoded", expect_success=False)
         assert message in result.stderr, (path.name, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("output", ["wav", "stdout"])
+def test_decode_stream_writes_the_decoded_audio(tmp_path, speech_files, tiny_model_dir, output):
+    """`decode --stream` gives `decode`'s audio: a float WAV file, or s16le PCM on stdout (rounded to 16 bits)."""
+    run_cli("encode", speech_files[0], "--model", tiny_model_dir, "-o", tmp_path / "codes")
+    codes_file = tmp_path / "codes" / f"{speech_files[0].stem}.codes.safetensors"
+    with safe_open(codes_file, "pt") as handle:
+        codes, num_samples = handle.get_tensor("audio_codes"), int(handle.metadata()["num_samples"])
+    model = StableCodecModel.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        expected = model.decode(codes[None], posthoc_bottleneck="2x15625_700bps").audio_values[0, 0, :num_samples]
+    if output == "wav":
+        run_cli("decode", codes_file, "--stream", "-o", tmp_path / "decoded")
+        decoded, rate = soundfile.read(tmp_path / "decoded" / f"{speech_files[0].stem}.wav", dtype="float32")
+        assert rate == 16000
+        np.testing.assert_allclose(decoded, expected.numpy(), rtol=0, atol=1e-5)
+    else:
+        result = run_cli("decode", codes_file, "--stream", "-o", "-", text=False)
+        decoded = np.frombuffer(result.stdout, dtype="<i2").astype(np.float32) / 32767
+        assert decoded.shape == (num_samples,)
+        np.testing.assert_allclose(decoded, expected.clamp(-1, 1).numpy(), rtol=0, atol=1 / 32767)

@@ -18,6 +18,7 @@ See docs/cli.md.
 """
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import itertools
@@ -573,14 +574,15 @@ class Decoder:
 
 
 def command_decode(args) -> int:
-    output_dir = pathlib.Path(args.output_dir)
+    to_stdout = args.stream and args.output_dir == "-"
+    output_dir = None if to_stdout else pathlib.Path(args.output_dir)
     inputs = collect(args.inputs, (CODES_SUFFIX,), "codes files", exclude=output_dir)
-    outputs = output_paths(inputs, output_dir, CODES_SUFFIX, ".wav")
+    outputs = [None] * len(inputs) if to_stdout else output_paths(inputs, output_dir, CODES_SUFFIX, ".wav")
     decoder = Decoder(args)
 
     def job(item):
         source, target = item
-        if (reason := check_target(target, inputs, args.overwrite)) is not None:
+        if target is not None and (reason := check_target(target, inputs, args.overwrite)) is not None:
             return skipped(source, reason)
         codes, metadata = read_codes(source)
         codec = decoder.codec_for(source, metadata)
@@ -590,6 +592,9 @@ def command_decode(args) -> int:
                 f"{source}: the codes are for {metadata['sampling_rate']} Hz with hop {metadata['hop_length']}, the "
                 f"model {codec.name!r} works at {model.sampling_rate} Hz with hop {model.hop_length}."
             )
+        if args.stream:
+            stream_audio(codec, codes, bottleneck_argument(metadata["bottleneck"]), metadata["num_samples"], source, target, args)
+            return {"file": str(source), "status": "ok"}
         try:
             audio = codec.decode(codes, bottleneck_argument(metadata["bottleneck"]), metadata["num_samples"])
         except ValueError as error:
@@ -601,6 +606,35 @@ def command_decode(args) -> int:
     batch = Batch("decode")
     batch.run(list(zip(inputs, outputs)), job)
     return batch.finish()
+
+
+@torch.inference_mode()
+def stream_audio(codec, codes, bottleneck, num_samples: int, source: pathlib.Path, target, args) -> None:
+    """`decode --stream`: the codes handed to `decode_stream` frame by frame, as a speech LM emits them, and each
+    chunk of audio written as it comes: raw PCM s16le to stdout for no `target`, else into a WAV file that grows in
+    place (libsndfile rewrites its header with the final length at close; not atomic, by design)."""
+    model = codec.model
+    chunks = codes[None].to(codec.device).split(1, dim=-1)
+    stream = model.decode_stream(chunks, posthoc_bottleneck=bottleneck, lookahead_frames=args.lookahead_frames)
+    written = 0
+    with contextlib.ExitStack() as stack:
+        if target is not None:
+            sink = stack.enter_context(soundfile.SoundFile(target, "w", model.sampling_rate, 1, subtype="FLOAT"))
+        try:
+            for audio in stream:
+                audio = audio[0, 0, : num_samples - written].float().cpu().numpy()
+                written += len(audio)
+                if target is None:
+                    pcm = (np.clip(audio, -1.0, 1.0) * 32767).round().astype("<i2")
+                    sys.stdout.buffer.write(pcm.tobytes())
+                    sys.stdout.buffer.flush()
+                else:
+                    sink.write(audio)
+                    sink.flush()
+        except ValueError as error:
+            raise FileFailure(f"{source}: the codes do not fit the model {codec.name!r}: {error}") from None
+    seconds = num_samples / model.sampling_rate
+    tqdm.write(f"{source} -> {target or 'stdout (s16le)'}  {seconds:.2f} s, streamed", file=sys.stderr)
 
 
 # Metrics ------------------------------------------------------------------------------------------------------------
@@ -877,6 +911,17 @@ def build_parser() -> argparse.ArgumentParser:
         "the model recorded in each codes file.",
         output="decoded <name>.wav",
         bottleneck=False,
+    )
+    decode.add_argument(
+        "--stream",
+        action="store_true",
+        help="decode frame by frame (model.decode_stream) and write the audio as it comes; with -o - as raw 16-bit "
+        "PCM (s16le, mono, model rate) to stdout",
+    )
+    decode.add_argument(
+        "--lookahead-frames",
+        type=int,
+        help="with --stream: future frames the decoder sees (default: its receptive field, the exact audio)",
     )
     decode.add_argument(
         "--allow-other-weights",

@@ -6,7 +6,7 @@ bottlenecks, then the pretrained-model base and the model itself.
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 import os
 from dataclasses import dataclass
 from typing import Unpack
@@ -596,6 +596,63 @@ def run_in_chunks(
     return torch.cat(outputs, dim=-1)
 
 
+def run_as_stream(
+    coder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    input_chunks: Iterable[torch.Tensor],
+    steps_per_frame: tuple[int, int],
+    context_frames: int,
+    lookahead_frames: int,
+    step_frames: int,
+) -> Iterator[torch.Tensor]:
+    """`coder` over a signal that arrives in chunks of any size: yields the output of `step_frames` latent frames
+    at a time, as soon as `lookahead_frames` frames past them have arrived, computed on a window of the
+    `context_frames` frames before them (fewer at the start), the step and the lookahead; at the end of the inputs,
+    the rest in one call on whatever follows it (the signal's true end). Between the first `context_frames /
+    step_frames` steps and the end, every call sees exactly `context_frames + step_frames + lookahead_frames` frames,
+    so that compiled graphs and CUDA graphs are reused. With the coder's receptive field as context and lookahead,
+    the output is `coder` on the whole signal up to float rounding (the windows of `run_in_chunks`); with less, every
+    step is what the truncated window gives, as if the signal ended (or began) at its edges. `steps_per_frame` gives
+    the input and output steps of one latent frame; a last, partial frame of input is zero-padded, as `encode`
+    pads."""
+    steps_in, steps_out = steps_per_frame
+    buffer, buffer_start, next_frame = None, 0, 0  # `buffer` holds the inputs from frame `buffer_start` on
+
+    def window(stop: int, last: int) -> torch.Tensor:
+        """The output of frames `next_frame` to `stop`, from the inputs of `next_frame - context` to `last`."""
+        first = max(0, next_frame - context_frames)
+        output = coder(buffer[..., (first - buffer_start) * steps_in : (last - buffer_start) * steps_in], None)
+        return output[..., (next_frame - first) * steps_out : (stop - first) * steps_out]
+
+    for chunk in input_chunks:
+        buffer = chunk if buffer is None else torch.cat([buffer, chunk], dim=-1)
+        received = buffer_start + buffer.shape[-1] // steps_in
+        while next_frame + step_frames + lookahead_frames <= received:
+            stop = next_frame + step_frames
+            yield window(stop, stop + lookahead_frames)
+            next_frame = stop
+            # Inputs before the next window's context are never read again: memory stays bounded by the window.
+            dropped = max(0, next_frame - context_frames) - buffer_start
+            buffer, buffer_start = buffer[..., dropped * steps_in :], buffer_start + dropped
+    if buffer is None:
+        return
+    partial = -buffer.shape[-1] % steps_in
+    if partial:
+        buffer = nn.functional.pad(buffer, (0, partial))
+    total = buffer_start + buffer.shape[-1] // steps_in
+    if next_frame < total:
+        yield window(total, total)
+
+
+def _without_gradients(stream: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """`stream` advanced under `torch.no_grad`: a generator runs at each `next`, outside the caller's context."""
+    while True:
+        with torch.no_grad():
+            item = next(stream, None)
+        if item is None:
+            return
+        yield item
+
+
 class StableCodecEncoder(nn.Module):
     """Waveform `(batch, 1, samples)` to pre-bottleneck latents `(batch, latent_dim, frames)`."""
 
@@ -1163,6 +1220,120 @@ class StableCodecModel(StableCodecPreTrainedModel):
         chunk_frames = self._chunk_frames(chunk_length_s)
         latents = self._bottleneck(posthoc_bottleneck).decode(audio_codes)
         return StableCodecDecoderOutput(audio_values=self._decode_latents(latents, audio_codes_mask, chunk_frames))
+
+    # Streaming ------------------------------------------------------------------------------------------------
+
+    def _run_stream(
+        self,
+        coder: nn.Module,
+        chunks: Iterable[torch.Tensor],
+        check: Callable[[torch.Tensor], None],
+        prepare: Callable[[torch.Tensor], torch.Tensor],
+        windows: tuple[int | None, int | None, int],
+    ) -> Iterator[torch.Tensor]:
+        """`run_as_stream` of the encoder or decoder on the `prepare`d, `check`ed chunks. `windows` are the lookahead,
+        context and step in latent frames (None: the side of the receptive field), validated here, at the call."""
+        (left, right), (lookahead_frames, context_frames, step_frames) = coder.receptive_field(), windows
+        context_frames = left if context_frames is None else context_frames
+        lookahead_frames = right if lookahead_frames is None else lookahead_frames
+        for name, value, least in (
+            ("context_frames", context_frames, 0),
+            ("lookahead_frames", lookahead_frames, 0),
+            ("step_frames", step_frames, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"`{name}` must be an integer >= {least} (latent frames) or None, got {value!r}.")
+        inputs = (prepare(chunk) for chunk in self._stream_chunks(chunks, check))
+        steps_per_frame = (self.hop_length, 1) if coder is self.encoder else (1, self.hop_length)
+        windows = int(context_frames), int(lookahead_frames), int(step_frames)
+        return run_as_stream(coder, inputs, steps_per_frame, *windows)
+
+    def _stream_chunks(
+        self, chunks: Iterable[torch.Tensor], check: Callable[[torch.Tensor], None]
+    ) -> Iterator[torch.Tensor]:
+        """The non-empty chunks, each checked by `check` and against the first chunk's batch size."""
+        batch_size = None
+        for index, chunk in enumerate(chunks):
+            if isinstance(chunk, torch.Tensor) and chunk.dim() == 3 and chunk.shape[-1] == 0:
+                continue  # nothing arrived this time
+            try:
+                check(chunk)
+            except ValueError as error:
+                raise ValueError(f"stream chunk {index}: {error}") from None
+            if batch_size is None:
+                batch_size = chunk.shape[0]
+            elif chunk.shape[0] != batch_size:
+                raise ValueError(
+                    f"stream chunk {index} holds {chunk.shape[0]} streams, the first chunk {batch_size}: every chunk "
+                    "must carry the same streams."
+                )
+            yield chunk
+
+    def decode_stream(
+        self,
+        code_chunks: Iterable[torch.Tensor],
+        posthoc_bottleneck: PosthocBottleneck = None,
+        lookahead_frames: int | None = None,
+        context_frames: int | None = None,
+        step_frames: int = 1,
+    ) -> Iterator[torch.Tensor]:
+        r"""
+        Decodes tokens as they arrive (from a speech LM, frame by frame): a generator of audio chunks
+        `(batch_size, 1, samples)` that yields each step's audio as soon as the lookahead past it has arrived, and
+        the rest when `code_chunks` ends. Their concatenation has the length of `decode`'s output.
+
+        Args:
+            code_chunks (iterable of `torch.LongTensor` of shape `(batch_size, tokens_per_step, frames)`):
+                Consecutive pieces of the codes of `batch_size` concurrent streams, of any (also 0 or 1) frames.
+            posthoc_bottleneck (`str` or list of `(levels, scale)`, *optional*):
+                The bottleneck the codes were made with (None: the training-time FSQ).
+            lookahead_frames (`int`, *optional*):
+                Future frames the decoder sees for each step; the first audio comes after this many frames plus one
+                step. Default: the right side of `decoder_receptive_field`, which makes the audio exact.
+            context_frames (`int`, *optional*):
+                Past frames the decoder sees for each step. Default: the left side of `decoder_receptive_field`.
+            step_frames (`int`, *optional*, defaults to 1):
+                Frames of audio per decoder call: larger steps cost less compute per second of audio and add latency.
+
+        With the default lookahead and context the audio equals `decode` of all codes up to float rounding; with
+        less, each step's audio is what the decoder makes of the truncated window (see docs/streaming.md). After
+        the first `context_frames / step_frames` steps and until the end, every decoder call runs on exactly
+        `context_frames + step_frames + lookahead_frames` frames. Runs without gradients.
+        """
+        bottleneck = self._bottleneck(posthoc_bottleneck)
+        stream = self._run_stream(
+            self.decoder,
+            code_chunks,
+            check=lambda chunk: self._check_codes(chunk, posthoc_bottleneck),
+            prepare=lambda chunk: bottleneck.decode(chunk).to(self.dtype),
+            windows=(lookahead_frames, context_frames, step_frames),
+        )
+        return _without_gradients(stream)
+
+    def encode_stream(
+        self,
+        audio_chunks: Iterable[torch.Tensor],
+        posthoc_bottleneck: PosthocBottleneck = None,
+        lookahead_frames: int | None = None,
+        context_frames: int | None = None,
+        step_frames: int = 1,
+    ) -> Iterator[torch.Tensor]:
+        r"""
+        Encodes audio as it is recorded: a generator of code chunks `(batch_size, tokens_per_step, frames)` for
+        audio chunks `(batch_size, 1, samples)` of any sizes (model input, as the feature extractor prepares it;
+        the loudness normalization of a whole file cannot stream). The same windows as `decode_stream`, over the
+        encoder's receptive field: with the defaults the codes are `encode`'s (up to latents within float rounding
+        of an FSQ level boundary); a last, partial frame is zero-padded as `encode` pads it.
+        """
+        bottleneck = self._bottleneck(posthoc_bottleneck)
+        stream = self._run_stream(
+            self.encoder,
+            audio_chunks,
+            check=lambda chunk: self._check_audio(chunk, None),
+            prepare=lambda chunk: chunk.to(self.dtype),
+            windows=(lookahead_frames, context_frames, step_frames),
+        )
+        return _without_gradients(bottleneck(latents)[1] for latents in stream)
 
     def _decode_latents(
         self, quantized_latents: torch.Tensor, audio_codes_mask: torch.Tensor | None, chunk_frames: int | None
