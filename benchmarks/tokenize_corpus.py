@@ -71,7 +71,8 @@ def main() -> None:
     command = [sys.executable, "-m", "transformers_stable_codec.cli", "tokenize", str(args.work_dir / "corpus"),
                "--output-dir", str(output_dir), "--model", str(model_dir), *options]
     started = time.perf_counter()
-    result = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
+    result = subprocess.run(command, env={**os.environ, "PYTHONPATH": path})
     wall = time.perf_counter() - started
     manifest = json.loads((output_dir / "manifest.json").read_text())
     audio_seconds = manifest["audio_hours"] * 3600

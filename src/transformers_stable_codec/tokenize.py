@@ -402,7 +402,8 @@ def run(args) -> dict:
         ShareOfClips(source, indices),
         batch_size=None,
         num_workers=args.num_workers,
-        prefetch_factor=8 if args.num_workers else None,
+        # The workers decode the next window while the device codes this one.
+        prefetch_factor=-(-args.window_clips // args.num_workers) + 1 if args.num_workers else None,
         persistent_workers=False,
     )
     from tqdm.auto import tqdm
