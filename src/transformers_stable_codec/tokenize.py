@@ -218,13 +218,17 @@ class Tokenizer:
         if padding:
             input_values = torch.nn.functional.pad(input_values, (0, padding))
             padding_mask = torch.nn.functional.pad(padding_mask, (0, padding))
+        if bool(padding_mask.all()):
+            # No clip is padded: no mask to build (and the compiled flex kernel of torch 2.11 fails on padding masks).
+            padding_mask = None
         synchronize(device)
         encoding = time.perf_counter()
         if self.marks_steps:
             torch.compiler.cudagraph_mark_step_begin()
         encoded = self.encode(input_values, padding_mask=padding_mask, posthoc_bottleneck=self.bottleneck)
         codes = encoded.audio_codes.cpu()
-        num_frames = encoded.audio_codes_mask.sum(dim=-1).cpu()
+        frames = encoded.audio_codes.shape[-1]
+        num_frames = torch.full((len(clips),), frames) if padding_mask is None else encoded.audio_codes_mask.sum(-1).cpu()
         done = time.perf_counter()
         self.seconds["preprocess"] += encoding - start
         self.seconds["model"] += done - encoding
