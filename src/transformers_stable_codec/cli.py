@@ -88,14 +88,20 @@ class FileFailure(Exception):
 # Loading -----------------------------------------------------------------------------------------------------------
 
 
+def default_model() -> str:
+    if not DEFAULT_MODEL.is_dir():
+        raise CliError("no demo model in this installation: pass --model (a Hub id or a local folder).")
+    return str(DEFAULT_MODEL)
+
+
 def resolve_model(name: str) -> str:
     """Where to load the model a command line or codes file names from."""
     if name == DEMO_NAME:
-        return str(DEFAULT_MODEL)
+        return default_model()
     path = pathlib.Path(name)
     # Codes files of earlier versions named the demo model by its absolute path inside some installation.
     if path.is_absolute() and not path.exists() and path.parts[-2:] == ("transformers_stable_codec", "demo_model"):
-        return str(DEFAULT_MODEL)
+        return default_model()
     return name
 
 
