@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[1]
 for path in (REPO / "src", REPO):
     if str(path) not in sys.path:
@@ -60,6 +61,7 @@ from benchmarks import report
 from benchmarks.contenders import CONTENDER_LABELS, build_contender
 from tests.model_helpers import speechlike_audio, tiny_config
 
+
 CONTENDERS = list(CONTENDER_LABELS)
 WORKLOADS = ["encode", "decode", "both"]
 SCENARIOS = report.SCENARIO_ORDER  # any BATCHxSECONDSs works, e.g. 4x30s
@@ -68,8 +70,9 @@ BACKENDS = report.ATTENTION_ORDER
 COMPILE_MODES = report.COMPILE_ORDER
 PAPER_CONFIG = Path(__file__).resolve().parent / "paper_scale_model_config.json"
 DEVICE_DEFAULTS = {
-    "cuda": dict(scenarios=SCENARIOS, dtypes=["fp32", "bf16"], backends=BACKENDS, repeats=5, warmup=2,
-                 ceiling_size=8192),
+    "cuda": dict(
+        scenarios=SCENARIOS, dtypes=["fp32", "bf16"], backends=BACKENDS, repeats=5, warmup=2, ceiling_size=8192
+    ),
     "cpu": dict(scenarios=["1x10s"], dtypes=["fp32"], backends=["sdpa"], repeats=3, warmup=2, ceiling_size=2048),
 }
 GIB = 2**30
@@ -170,26 +173,43 @@ def where_label(device: torch.device) -> str:
 
 
 def machine_info(device: torch.device) -> dict:
-    info = {"cpu_model": cpu_model(), "cpu_cores": usable_cpus(), "machine_cpu_cores": os.cpu_count(),
-            "cpu_has_amx_bf16": "amx_bf16" in cpu_flags(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "load_average_at_start": os.getloadavg()}
+    info = {
+        "cpu_model": cpu_model(),
+        "cpu_cores": usable_cpus(),
+        "machine_cpu_cores": os.cpu_count(),
+        "cpu_has_amx_bf16": "amx_bf16" in cpu_flags(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
-        info.update(gpu=properties.name, gpu_memory_gib=round(properties.total_memory / GIB, 1),
-                    multiprocessors=properties.multi_processor_count)
+        info.update(
+            gpu=properties.name,
+            gpu_memory_gib=round(properties.total_memory / GIB, 1),
+            multiprocessors=properties.multi_processor_count,
+        )
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", str(device.index or 0)]
-            info["driver"] = subprocess.run(query, capture_output=True, text=True, timeout=20, check=False).stdout.strip()
+            info["driver"] = subprocess.run(
+                query, capture_output=True, text=True, timeout=20, check=False
+            ).stdout.strip()
     return info
 
 
 def git_commit() -> str:
     try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=20, check=False)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=20, check=False)
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20, check=False
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     if commit.returncode != 0:
@@ -202,10 +222,14 @@ def versions(commit: str | None) -> dict:
 
     import transformers_stable_codec
 
-    found = {"torch": torch.__version__, "transformers": transformers.__version__,
-             "transformers_stable_codec": transformers_stable_codec.__version__,
-             "git_commit": commit or git_commit(), "cuda": torch.version.cuda,
-             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+    found = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "transformers_stable_codec": transformers_stable_codec.__version__,
+        "git_commit": commit or git_commit(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
     for package in ("stable-audio-tools", "stable-codec", "flash-attn", "numpy", "triton"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[package] = importlib.metadata.version(package)
@@ -295,8 +319,10 @@ def quietly(measure_once, device: torch.device, args) -> dict:
         share = result["cpu_share_used_elsewhere"]
         if limit is None or share is None or share <= limit or attempt > args.quiet_retries:
             return {**result, "attempts": attempt, "waited_for_quiet_s": waited}
-        print(f"  other processes used {100 * share:.0f}% of the CPU: waiting for quiet, then measuring again",
-              flush=True)
+        print(
+            f"  other processes used {100 * share:.0f}% of the CPU: waiting for quiet, then measuring again",
+            flush=True,
+        )
         waited += wait_for_quiet_cpu(limit)
         attempt += 1
 
@@ -310,8 +336,12 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, size: int, repeats:
         timed_call(lambda: left @ right, device)
     counters = cpu_counters()
     seconds = statistics.median(timed_call(lambda: left @ right, device) for _ in range(repeats))
-    return {"tflops": 2 * size**3 / seconds / 1e12, "size": size, "median_s": seconds,
-            "cpu_share_used_elsewhere": share_used_elsewhere(counters, cpu_counters())}
+    return {
+        "tflops": 2 * size**3 / seconds / 1e12,
+        "size": size,
+        "median_s": seconds,
+        "cpu_share_used_elsewhere": share_used_elsewhere(counters, cpu_counters()),
+    }
 
 
 # --- inputs, FLOPs, timing ------------------------------------------------------------------------------------------
@@ -370,21 +400,30 @@ def measure(function, device: torch.device, warmup: int, repeats: int, deadline:
     if deadline is not None:
         estimate = (warmup_times[-1] if warmup_times else 0.0) * repeats
         if time.monotonic() + estimate > deadline:
-            raise TimeBudgetExceeded(f"{repeats} timed calls of ~{estimate / repeats:.1f} s would pass the time budget")
+            raise TimeBudgetExceeded(
+                f"{repeats} timed calls of ~{estimate / repeats:.1f} s would pass the time budget"
+            )
     reset_peak_memory(device)
     counters = cpu_counters()
     times = [timed_call(function, device) for _ in range(repeats)]
-    return {"warmup_s": warmup_times, "times_s": times, "median_s": statistics.median(times),
-            "peak_memory_gib": peak_memory_gib(device),
-            "cpu_share_used_elsewhere": share_used_elsewhere(counters, cpu_counters())}
+    return {
+        "warmup_s": warmup_times,
+        "times_s": times,
+        "median_s": statistics.median(times),
+        "peak_memory_gib": peak_memory_gib(device),
+        "cpu_share_used_elsewhere": share_used_elsewhere(counters, cpu_counters()),
+    }
 
 
 def describe_failure(error: BaseException, device: torch.device) -> tuple[str, str]:
     """(status, reason) of a failed case; CUDA and CPU allocation failures are 'oom'."""
     message = str(error).strip()
     first_line = message.splitlines()[0] if message else type(error).__name__
-    out_of_memory = isinstance(error, torch.OutOfMemoryError) or "out of memory" in message.lower() \
+    out_of_memory = (
+        isinstance(error, torch.OutOfMemoryError)
+        or "out of memory" in message.lower()
         or "can't allocate memory" in message.lower()
+    )
     if out_of_memory:
         tried = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", message)
         peak = peak_memory_gib(device)
@@ -428,11 +467,14 @@ class BenchmarkRun:
         if self.state.get("contender") != case.contender:
             self.release()
             self.state = {"contender": case.contender}
-            self.contender = build_contender(case.contender, self.config, self.device, tiny=self.args.config == "tiny",
-                                             seed=self.args.seed)
+            self.contender = build_contender(
+                case.contender, self.config, self.device, tiny=self.args.config == "tiny", seed=self.args.seed
+            )
             self.run["contenders"][case.contender] = {
-                "label": CONTENDER_LABELS[case.contender], "parameters": self.contender.num_parameters,
-                "sampling_rate": self.contender.sampling_rate, "hop_length": self.contender.hop_length,
+                "label": CONTENDER_LABELS[case.contender],
+                "parameters": self.contender.num_parameters,
+                "sampling_rate": self.contender.sampling_rate,
+                "hop_length": self.contender.hop_length,
                 "notes": self.contender.notes,
             }
         if self.state.get("dtype") != case.dtype:
@@ -473,8 +515,15 @@ class BenchmarkRun:
             del audio
             flops = self.flops_per_audio_second(case, samples, inputs)
             codes = contender.encode_for_decoding(*inputs) if {"decode", "both"} & set(self.args.workloads) else None
-        self.scenario = {"key": key, "batch": batch, "seconds": seconds, "samples": samples, "inputs": inputs,
-                         "codes": codes, "flops": flops}
+        self.scenario = {
+            "key": key,
+            "batch": batch,
+            "seconds": seconds,
+            "samples": samples,
+            "inputs": inputs,
+            "codes": codes,
+            "flops": flops,
+        }
         return self.scenario
 
     def flops_per_audio_second(self, case: Case, samples: int, inputs: tuple) -> dict:
@@ -503,8 +552,11 @@ class BenchmarkRun:
         audio_seconds = samples / contender.sampling_rate
         entry = {"clip_seconds": audio_seconds, "dtype_counted": case.dtype, "note": contender.flop_note()}
         for name, counts in (("encode", encode), ("decode", decode)):
-            entry[name] = {**counts, "per_audio_second": counts["total"] / audio_seconds,
-                           "attention_share": attention_share(counts["by_op"])}
+            entry[name] = {
+                **counts,
+                "per_audio_second": counts["total"] / audio_seconds,
+                "attention_share": attention_share(counts["by_op"]),
+            }
         return entry
 
     def release(self):
@@ -522,46 +574,69 @@ class BenchmarkRun:
             return lambda: contender.decode(codes)
         return lambda: contender.decode(contender.encode(*inputs))
 
-    def record(self, case: Case, status: str, reason: str = "", scenario: dict | None = None,
-               timing: dict | None = None) -> dict:
+    def record(
+        self, case: Case, status: str, reason: str = "", scenario: dict | None = None, timing: dict | None = None
+    ) -> dict:
         contender = self.contender if self.state.get("contender") == case.contender else None
         batch, seconds = parse_scenario(case.scenario)
         attention = self.attention_label(case)
         entry = {
-            "run": self.run_id, "where": self.where, "contender": case.contender,
-            "label": CONTENDER_LABELS[case.contender], "attention": attention, "compile": case.compile,
-            "dtype": case.dtype, "scenario": case.scenario, "batch": batch, "clip_seconds": seconds,
-            "workload": case.workload, "status": status, "reason": reason,
+            "run": self.run_id,
+            "where": self.where,
+            "contender": case.contender,
+            "label": CONTENDER_LABELS[case.contender],
+            "attention": attention,
+            "compile": case.compile,
+            "dtype": case.dtype,
+            "scenario": case.scenario,
+            "batch": batch,
+            "clip_seconds": seconds,
+            "workload": case.workload,
+            "status": status,
+            "reason": reason,
         }
         if scenario is not None and contender is not None:
             audio_seconds = scenario["batch"] * scenario["samples"] / contender.sampling_rate
-            entry.update(sampling_rate=contender.sampling_rate, samples_per_clip=scenario["samples"],
-                         audio_seconds=audio_seconds, flops_per_audio_second=scenario["flops"][case.workload])
+            entry.update(
+                sampling_rate=contender.sampling_rate,
+                samples_per_clip=scenario["samples"],
+                audio_seconds=audio_seconds,
+                flops_per_audio_second=scenario["flops"][case.workload],
+            )
         if timing is not None:
             throughput = entry["audio_seconds"] / timing["median_s"]
             ceiling = self.run["ceilings"].get(case.dtype)
             fraction = None
             if ceiling and entry.get("flops_per_audio_second"):
                 fraction = entry["flops_per_audio_second"] * throughput / (ceiling["tflops"] * 1e12)
-            entry.update(timing, throughput_x=throughput, ceiling_tflops=ceiling and ceiling["tflops"],
-                         ceiling_fraction=fraction,
-                         peak_memory_kind="cuda max_memory_allocated" if self.device.type == "cuda"
-                         else "process peak RSS (VmHWM)")
-        key = report.case_key(self.where, case.contender, attention, case.compile, case.dtype, case.scenario,
-                              case.workload)
+            entry.update(
+                timing,
+                throughput_x=throughput,
+                ceiling_tflops=ceiling and ceiling["tflops"],
+                ceiling_fraction=fraction,
+                peak_memory_kind="cuda max_memory_allocated"
+                if self.device.type == "cuda"
+                else "process peak RSS (VmHWM)",
+            )
+        key = report.case_key(
+            self.where, case.contender, attention, case.compile, case.dtype, case.scenario, case.workload
+        )
         self.results["cases"][key] = entry
         self.log(entry)
         return entry
 
     def log(self, entry: dict):
         elapsed = time.monotonic() - self.args.started
-        what = (f"{entry['contender']} {entry['attention']} {entry['compile']} {entry['dtype']} {entry['scenario']} "
-                f"{entry['workload']}")
+        what = (
+            f"{entry['contender']} {entry['attention']} {entry['compile']} {entry['dtype']} {entry['scenario']} "
+            f"{entry['workload']}"
+        )
         if entry["status"] == "ok":
             peak = entry.get("peak_memory_gib")
             fraction = report.format_fraction(entry.get("ceiling_fraction"))
-            outcome = f"{report.format_throughput(entry['throughput_x'])}{fraction}" + \
-                (f", {peak:.2f} GiB" if peak is not None else "")
+            outcome = f"{report.format_throughput(entry['throughput_x'])}{fraction}" + (
+                f", {peak:.2f} GiB" if peak is not None else ""
+            )
             elsewhere = entry.get("cpu_share_used_elsewhere")
             if self.device.type == "cpu" and elsewhere is not None and elsewhere > 0.05:
                 outcome += f" (other processes used {100 * elsewhere:.0f}% of the CPU meanwhile)"
@@ -570,9 +645,12 @@ class BenchmarkRun:
         print(f"[{elapsed:7.1f} s] {what}: {outcome}", flush=True)
 
     def setup_failure_key(self, case: Case, stage: str) -> tuple:
-        keys = {"build": (case.contender,), "dtype": (case.contender, case.dtype),
-                "configure": (case.contender, case.dtype, case.backend, case.compile),
-                "scenario": (case.contender, case.dtype, case.backend, case.compile, case.scenario)}
+        keys = {
+            "build": (case.contender,),
+            "dtype": (case.contender, case.dtype),
+            "configure": (case.contender, case.dtype, case.backend, case.compile),
+            "scenario": (case.contender, case.dtype, case.backend, case.compile, case.scenario),
+        }
         return (stage, *keys[stage])
 
     def run_case(self, case: Case) -> None:
@@ -585,8 +663,9 @@ class BenchmarkRun:
         try:
             self.contender_for(case)
             stage = "dtype"
-            reason = self.contender.skip_reason(self.attention_label(case), DTYPES[case.dtype], case.compile,
-                                                self.device)
+            reason = self.contender.skip_reason(
+                self.attention_label(case), DTYPES[case.dtype], case.compile, self.device
+            )
             if reason is not None:
                 self.record(case, "skipped", reason)
                 return
@@ -604,8 +683,9 @@ class BenchmarkRun:
             return
         except Exception as error:  # noqa: BLE001  (every failure is a result, not a crash)
             status, reason = describe_failure(error, self.device)
-            self.run["errors"].append({"case": repr(case), "stage": stage,
-                                       "traceback": traceback.format_exc(limit=-6)[-3000:]})
+            self.run["errors"].append(
+                {"case": repr(case), "stage": stage, "traceback": traceback.format_exc(limit=-6)[-3000:]}
+            )
             del error
         else:
             entry = self.record(case, "ok", scenario=scenario, timing=timing)
@@ -623,8 +703,13 @@ class BenchmarkRun:
     def measure_quietly(self, case: Case, scenario: dict) -> dict:
         def measure_once():
             with torch.inference_mode():
-                return measure(self.workload_function(case, scenario), self.device, self.args.warmup,
-                               self.args.repeats, self.deadline)
+                return measure(
+                    self.workload_function(case, scenario),
+                    self.device,
+                    self.args.warmup,
+                    self.args.repeats,
+                    self.deadline,
+                )
 
         return quietly(measure_once, self.device, self.args)
 
@@ -640,31 +725,59 @@ class BenchmarkRun:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Defaults depend on --device: " + repr(DEVICE_DEFAULTS))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Defaults depend on --device: " + repr(DEVICE_DEFAULTS),
+    )
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=CONTENDERS)
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=WORKLOADS)
-    parser.add_argument("--scenarios", nargs="+", type=scenario_name, metavar="BATCHxSECONDSs",
-                        help=f"batch x clip length, e.g. {' '.join(SCENARIOS)}")
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), help="fp16 too where wanted (the anchors' original)")
+    parser.add_argument(
+        "--scenarios",
+        nargs="+",
+        type=scenario_name,
+        metavar="BATCHxSECONDSs",
+        help=f"batch x clip length, e.g. {' '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=list(DTYPES), help="fp16 too where wanted (the anchors' original)"
+    )
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="attention backends of our model")
-    parser.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["none"],
-                        help="torch.compile modes of our encode / decode (fullgraph); 'freezing' is the default mode with "
-                             "inductor's freezing (weights as constants, prepacked for oneDNN: the CPU recipe)")
-    parser.add_argument("--config", default="paper",
-                        help="paper (default) | tiny | path to a model_config.json (original layout) or config.json")
+    parser.add_argument(
+        "--compile",
+        nargs="+",
+        choices=COMPILE_MODES,
+        default=["none"],
+        help="torch.compile modes of our encode / decode (fullgraph); 'freezing' is the default mode with "
+        "inductor's freezing (weights as constants, prepacked for oneDNN: the CPU recipe)",
+    )
+    parser.add_argument(
+        "--config",
+        default="paper",
+        help="paper (default) | tiny | path to a model_config.json (original layout) or config.json",
+    )
     parser.add_argument("--repeats", type=int, help="timed calls per case (median reported)")
     parser.add_argument("--warmup", type=int, help="untimed calls before them")
     parser.add_argument("--ceiling-size", type=int, help="n of the n^3 matmul that measures the ceiling")
     parser.add_argument("--json", type=Path, help="results file; merged into if it exists, rewritten after every case")
-    parser.add_argument("--report", nargs="+", type=Path, metavar="JSON",
-                        help="measure nothing: print the combined table of these results files, and its markdown")
-    parser.add_argument("--time-budget-s", type=float, help="stop starting cases that would end after this many seconds")
-    parser.add_argument("--max-cpu-elsewhere", type=float, metavar="SHARE",
-                        help="CPU only: measure a case again, after waiting for quiet, while other processes took more "
-                             "than this share of the machine's CPU during its timed calls (e.g. 0.05)")
+    parser.add_argument(
+        "--report",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: print the combined table of these results files, and its markdown",
+    )
+    parser.add_argument(
+        "--time-budget-s", type=float, help="stop starting cases that would end after this many seconds"
+    )
+    parser.add_argument(
+        "--max-cpu-elsewhere",
+        type=float,
+        metavar="SHARE",
+        help="CPU only: measure a case again, after waiting for quiet, while other processes took more "
+        "than this share of the machine's CPU during its timed calls (e.g. 0.05)",
+    )
     parser.add_argument("--quiet-retries", type=int, default=5, help="how often, at most (default 5)")
     parser.add_argument("--commit", help="git commit to record where the tree has no .git (the device copy)")
     parser.add_argument("--seed", type=int, default=0)
@@ -683,8 +796,10 @@ def print_report(results: dict, markdown: bool) -> None:
     print()
     print(report.plain_table(results))
     print()
-    print("FLOPs counted (FlopCounterMode, one clip; in parentheses the share of SDPA kernels and batched matmuls, "
-          "which is the attention of ours and of the original):")
+    print(
+        "FLOPs counted (FlopCounterMode, one clip; in parentheses the share of SDPA kernels and batched matmuls, "
+        "which is the attention of ours and of the original):"
+    )
     print(report.flops_markdown(results))
     if markdown:
         print()
@@ -704,31 +819,49 @@ def main(argv=None) -> dict:
     precision = configure_precision()
     run_id = f"{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}-{args.device}-{os.getpid()}"
     results = report.new_results()
-    settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
-                if key not in ("report", "started")}
+    settings = {
+        key: (str(value) if isinstance(value, Path) else value)
+        for key, value in vars(args).items()
+        if key not in ("report", "started")
+    }
     run = results["runs"][run_id] = {
-        "where": where_label(device), "machine": machine_info(device), "versions": versions(args.commit),
-        "settings": {**settings, **precision, "grad_mode": "torch.inference_mode",
-                     "timing": "synchronize + perf_counter around each call; median of the timed calls",
-                     "inputs": "synthetic voiced speech at each codec's sampling rate, clips padded to whole frames"},
+        "where": where_label(device),
+        "machine": machine_info(device),
+        "versions": versions(args.commit),
+        "settings": {
+            **settings,
+            **precision,
+            "grad_mode": "torch.inference_mode",
+            "timing": "synchronize + perf_counter around each call; median of the timed calls",
+            "inputs": "synthetic voiced speech at each codec's sampling rate, clips padded to whole frames",
+        },
         "notes": ["fp32 is honest fp32: TF32 off for matmuls and cuDNN"],
-        "ceilings": {}, "contenders": {}, "flops": {}, "errors": [],
+        "ceilings": {},
+        "contenders": {},
+        "flops": {},
+        "errors": [],
     }
     if "original" in args.contenders:
-        run["notes"].append("the original runs as it ships without flash-attn: full attention over the whole clip "
-                            "(torch SDPA on CUDA, its einsum path on CPU), the anchors' setting")
+        run["notes"].append(
+            "the original runs as it ships without flash-attn: full attention over the whole clip "
+            "(torch SDPA on CUDA, its einsum path on CPU), the anchors' setting"
+        )
 
     cases = plan_cases(args)
     print(f"{len(cases)} cases on {run['where']}; torch {torch.__version__}; {run['notes'][0]}", flush=True)
     for dtype in args.dtypes:
-        run["ceilings"][dtype] = quietly(lambda: matmul_ceiling(device, DTYPES[dtype], args.ceiling_size), device, args)
+        run["ceilings"][dtype] = quietly(
+            lambda: matmul_ceiling(device, DTYPES[dtype], args.ceiling_size), device, args
+        )
         print(f"matmul ceiling {dtype}: {run['ceilings'][dtype]['tflops']:.3g} TFLOP/s", flush=True)
 
     benchmark = BenchmarkRun(args, device, results, run_id, deadline)
     for index, case in enumerate(cases):
         if deadline is not None and time.monotonic() > deadline:
-            run["stopped"] = {"reason": f"time budget of {args.time_budget_s:g} s reached",
-                              "left": [repr(left) for left in cases[index:]]}
+            run["stopped"] = {
+                "reason": f"time budget of {args.time_budget_s:g} s reached",
+                "left": [repr(left) for left in cases[index:]],
+            }
             print(f"time budget reached: {len(cases) - index} cases left unmeasured", flush=True)
             break
         benchmark.run_case(case)

@@ -9,7 +9,6 @@ to codes, decode codes to a waveform.
 """
 
 import contextlib
-import copy
 
 import torch
 from torch._inductor import config as inductor_config
@@ -17,6 +16,7 @@ from torch._inductor import config as inductor_config
 from benchmarks.original_codec import build_original, original_model_config
 from transformers_stable_codec import StableCodecConfig, StableCodecModel
 from transformers_stable_codec.modeling_stable_codec import LocalAttentionBlocks
+
 
 CONTENDER_LABELS = {
     "stable-codec": "Stable Codec (ours)",
@@ -236,7 +236,9 @@ class Xcodec2Contender(Contender):
     num_semantic_features = 160
 
     def __init__(self, model):
-        super().__init__(model, ["semantic features: standard-normal noise of the feature extractor's shape (not timed)"])
+        super().__init__(
+            model, ["semantic features: standard-normal noise of the feature extractor's shape (not timed)"]
+        )
         self.sampling_rate = model.config.sampling_rate
         self.hop_length = model.config.hop_length
 
@@ -263,10 +265,21 @@ def peer_model(name: str, tiny: bool) -> torch.nn.Module:
         options = {}
         if tiny:
             options = dict(
-                hidden_size=64, num_filters=8, num_residual_layers=1, num_hidden_layers=1, num_attention_heads=2,
-                num_key_value_heads=2, head_dim=32, intermediate_size=128, codebook_dim=32,
-                vector_quantization_hidden_dimension=32, codebook_size=64, num_quantizers=4,
-                num_semantic_quantizers=1, sliding_window=32, upsample_groups=64,
+                hidden_size=64,
+                num_filters=8,
+                num_residual_layers=1,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                head_dim=32,
+                intermediate_size=128,
+                codebook_dim=32,
+                vector_quantization_hidden_dimension=32,
+                codebook_size=64,
+                num_quantizers=4,
+                num_semantic_quantizers=1,
+                sliding_window=32,
+                upsample_groups=64,
             )
         return MimiModel(MimiConfig(**options)).eval()
     if name == "dac":
@@ -279,18 +292,32 @@ def peer_model(name: str, tiny: bool) -> torch.nn.Module:
             raise RuntimeError(f"transformers {transformers.__version__} has no Xcodec2Model")
         options = {}
         if tiny:
-            semantic = dict(model_type="wav2vec2-bert", hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                            intermediate_size=128, output_hidden_size=64)
+            semantic = dict(
+                model_type="wav2vec2-bert",
+                hidden_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=128,
+                output_hidden_size=64,
+            )
             options = dict(
-                hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                num_key_value_heads=2, head_dim=32, encoder_hidden_size=8, quantization_dim=128,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                head_dim=32,
+                encoder_hidden_size=8,
+                quantization_dim=128,
                 semantic_model_config=semantic,
             )
         return transformers.Xcodec2Model(transformers.Xcodec2Config(**options)).eval()
     raise ValueError(f"unknown peer {name!r}")
 
 
-def build_contender(name: str, config: StableCodecConfig, device: torch.device, tiny: bool, seed: int = 0) -> Contender:
+def build_contender(
+    name: str, config: StableCodecConfig, device: torch.device, tiny: bool, seed: int = 0
+) -> Contender:
     """Builds one contender in float32 on `device`, with seeded random weights."""
     torch.manual_seed(seed)
     if name == "stable-codec":

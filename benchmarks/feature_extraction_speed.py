@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 

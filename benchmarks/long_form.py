@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
@@ -59,8 +60,13 @@ def main() -> None:
     model.set_attn_implementation(args.attn_implementation)
     longest = max(args.lengths)
     clip = speechlike_audio(1, int(longest * config.sampling_rate), config.sampling_rate, torch.device("cpu"))
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "torch": torch.__version__, "attention": args.attn_implementation, "memory": [], "chunked": None}
+    results = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "attention": args.attn_implementation,
+        "memory": [],
+        "chunked": None,
+    }
 
     for dtype_name in args.dtypes:
         model.to(device, {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name])
@@ -72,9 +78,15 @@ def main() -> None:
             with torch.inference_mode():
                 latents, codes, decoded, elapsed = code(model, audio)
             peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else float("nan")
-            row = dict(dtype=dtype_name, seconds=seconds, elapsed_s=elapsed, x_real_time=seconds / elapsed, peak_gib=peak)
+            row = dict(
+                dtype=dtype_name, seconds=seconds, elapsed_s=elapsed, x_real_time=seconds / elapsed, peak_gib=peak
+            )
             results["memory"].append(row)
-            print(f"{dtype_name} {seconds:>6.0f} s in one call: {elapsed:7.2f} s ({seconds / elapsed:,.0f}x), peak {peak:.2f} GiB", flush=True)
+            print(
+                f"{dtype_name} {seconds:>6.0f} s in one call: {elapsed:7.2f} s ({seconds / elapsed:,.0f}x), "
+                f"peak {peak:.2f} GiB",
+                flush=True,
+            )
             if dtype_name == args.dtypes[0] and seconds == longest:
                 reference = (latents, codes, decoded)
             del latents, codes, decoded
@@ -93,7 +105,10 @@ def main() -> None:
                 latents, codes, decoded, elapsed = code(model, long_audio, args.chunk_length_s)
                 decoded_from_same_codes = model.decode(ref_codes, chunk_length_s=args.chunk_length_s).audio_values
             chunked = dict(
-                dtype=dtype_name, seconds=longest, chunk_length_s=args.chunk_length_s, elapsed_s=elapsed,
+                dtype=dtype_name,
+                seconds=longest,
+                chunk_length_s=args.chunk_length_s,
+                elapsed_s=elapsed,
                 latents_max_relative=float((latents - ref_latents).abs().max() / ref_latents.abs().max()),
                 codes_identical=float((codes == ref_codes).double().mean()),
                 codes_differing=int((codes != ref_codes).any(dim=1).sum()),  # frames; codes: (batch, tokens, frames)

@@ -20,11 +20,13 @@ import torch
 import torch._inductor.config as inductor_config
 import torch.nn.functional as F
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
 from benchmarks.profile_kernels import add_workload_arguments, bf16_model_and_batch
 from transformers_stable_codec import StableCodecModel
+
 
 TRITON_ONLY = {
     "max_autotune": True,

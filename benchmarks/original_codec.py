@@ -25,6 +25,7 @@ import torch
 from conversion.original_reference import STUB_MODULES, autoencoder_model_config, install_stubs
 from transformers_stable_codec import StableCodecConfig
 
+
 ORIGINAL_PACKAGES = {
     "stable-audio-tools": "0.0.17",
     "stable-codec": "0.1.2",
@@ -48,9 +49,15 @@ def original_model_config(config: StableCodecConfig) -> dict:
     """The original layout's `model_config.json` (as a dict) for the architecture of `config`: the inverse of
     `StableCodecConfig.from_original_config`."""
     return autoencoder_model_config(
-        sample_rate=config.sampling_rate, patch_size=config.patch_size, channels=config.hidden_size,
-        c_mults=config.channel_multipliers, strides=config.strides, transformer_depths=config.transformer_depths,
-        sliding_window=config.attention_window, latent_dim=config.latent_dim, levels=list(config.fsq_levels),
+        sample_rate=config.sampling_rate,
+        patch_size=config.patch_size,
+        channels=config.hidden_size,
+        c_mults=config.channel_multipliers,
+        strides=config.strides,
+        transformer_depths=config.transformer_depths,
+        sliding_window=config.attention_window,
+        latent_dim=config.latent_dim,
+        levels=list(config.fsq_levels),
         noise_dropout=config.fsq_noise_dropout,
     )
 
@@ -103,8 +110,10 @@ def build_original(model_config: dict, device: torch.device, seed: int = 0) -> O
             module.use_fa_flash = False
             flash_switched_off += 1
     if flash_switched_off:
-        notes.append(f"flash-attn is installed: its path was switched off in {flash_switched_off} attention modules "
-                     "(full attention, as without flash-attn)")
+        notes.append(
+            f"flash-attn is installed: its path was switched off in {flash_switched_off} attention modules "
+            "(full attention, as without flash-attn)"
+        )
     messages = sorted({line.strip() for line in printed.getvalue().splitlines() if line.strip()})
     notes.extend(f"it printed: {message}" for message in messages)
     return OriginalCodec(autoencoder, notes)

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import torch
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
 from benchmarks.benchmark_codecs import load_config
 from benchmarks.contenders import StableCodecContender
 from transformers_stable_codec import StableCodecModel
+
 
 CATEGORIES = {
     "matmul": ("gemm", "cutlass", "xmma", "nvjet", "cublas"),
@@ -92,8 +94,11 @@ def profile_call(function, top: int) -> dict:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
         function()
         torch.cuda.synchronize()
-    kernels = [(event.name, event.time_range.start, event.time_range.end) for event in profiler.events()
-               if event.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = [
+        (event.name, event.time_range.start, event.time_range.end)
+        for event in profiler.events()
+        if event.device_type == torch.autograd.DeviceType.CUDA
+    ]
     print(profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=70))
     return kernel_summary(kernels)
 
@@ -141,8 +146,12 @@ def main(argv=None) -> None:
     add_workload_arguments(parser)
     parser.add_argument("--functions", nargs="+", choices=["joint", "apart"], default=["joint"])
     parser.add_argument("--attention", default="sdpa", choices=["sdpa", "eager", "flex_attention"])
-    parser.add_argument("--mode", default="reduce-overhead", choices=["reduce-overhead", "default"],
-                        help="torch.compile mode: with CUDA graphs (the benchmark's recipe) or without")
+    parser.add_argument(
+        "--mode",
+        default="reduce-overhead",
+        choices=["reduce-overhead", "default"],
+        help="torch.compile mode: with CUDA graphs (the benchmark's recipe) or without",
+    )
     parser.add_argument("--top", type=int, default=18, help="kernels listed")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -165,13 +174,28 @@ def main(argv=None) -> None:
             entry["profile"] = profile_call(call, args.top)
         results[functions] = entry
         summary = {key: round(value, 2) for key, value in entry["profile"]["by_category_ms"].items()}
-        print(f"{functions}: {entry['x_real_time']:,.0f}x real time, {entry['wall_ms']:.2f} ms per call, "
-              f"{entry['profile']['busy_ms']:.2f} ms of kernels ({summary}), "
-              f"{len(entry['profile']['gaps'])} gaps over {GAP_US:.0f} us", flush=True)
+        print(
+            f"{functions}: {entry['x_real_time']:,.0f}x real time, {entry['wall_ms']:.2f} ms per call, "
+            f"{entry['profile']['busy_ms']:.2f} ms of kernels ({summary}), "
+            f"{len(entry['profile']['gaps'])} gaps over {GAP_US:.0f} us",
+            flush=True,
+        )
     if args.json:
-        args.json.write_text(json.dumps({"batch": args.batch, "seconds": args.seconds, "attention": args.attention,
-                                         "mode": args.mode, "torch": torch.__version__,
-                                         "device": torch.cuda.get_device_name(), "results": results}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "batch": args.batch,
+                    "seconds": args.seconds,
+                    "attention": args.attention,
+                    "mode": args.mode,
+                    "torch": torch.__version__,
+                    "device": torch.cuda.get_device_name(),
+                    "results": results,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

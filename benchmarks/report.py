@@ -10,6 +10,7 @@ import os
 import statistics
 from pathlib import Path
 
+
 FORMAT = "transformers-stable-codec-benchmark/1"
 CONTENDER_ORDER = ["stable-codec", "original", "mimi", "dac", "xcodec2"]
 DTYPE_ORDER = ["fp32", "bf16", "fp16"]
@@ -17,8 +18,18 @@ ATTENTION_ORDER = ["eager", "sdpa", "flex_attention", "flash_attention_2", "flas
 COMPILE_ORDER = ["none", "default", "freezing", "reduce-overhead", "max-autotune"]
 SCENARIO_ORDER = ["1x10s", "16x10s", "1x60s", "1x3600s"]
 WORKLOAD_COLUMNS = [("encode", "encode"), ("decode", "decode"), ("both", "encode+decode")]
-HEADERS = ["where", "codec", "dtype", "attention", "compile", "batch x clip", "encode", "decode", "encode+decode",
-           "peak memory"]
+HEADERS = [
+    "where",
+    "codec",
+    "dtype",
+    "attention",
+    "compile",
+    "batch x clip",
+    "encode",
+    "decode",
+    "encode+decode",
+    "peak memory",
+]
 
 
 def new_results() -> dict:
@@ -55,7 +66,9 @@ def save_results(path, results: dict) -> None:
     os.replace(temporary, path)
 
 
-def case_key(where: str, contender: str, attention: str, compile_mode: str, dtype: str, scenario: str, workload: str) -> str:
+def case_key(
+    where: str, contender: str, attention: str, compile_mode: str, dtype: str, scenario: str, workload: str
+) -> str:
     return "|".join([where, contender, attention, compile_mode, dtype, scenario, workload])
 
 
@@ -85,8 +98,14 @@ def table_rows(results: dict) -> tuple[list[list[str]], list[str]]:
 
     def sort_key(group):
         where, contender, dtype, attention, compile_mode, scenario = group
-        return (where_order.index(where), _order(CONTENDER_ORDER, contender), _order(DTYPE_ORDER, dtype),
-                _order(ATTENTION_ORDER, attention), _order(COMPILE_ORDER, compile_mode), _order(SCENARIO_ORDER, scenario))
+        return (
+            where_order.index(where),
+            _order(CONTENDER_ORDER, contender),
+            _order(DTYPE_ORDER, dtype),
+            _order(ATTENTION_ORDER, attention),
+            _order(COMPILE_ORDER, compile_mode),
+            _order(SCENARIO_ORDER, scenario),
+        )
 
     footnotes: list[str] = []
     rows = []
@@ -110,8 +129,18 @@ def table_rows(results: dict) -> tuple[list[list[str]], list[str]]:
         kind = first.get("peak_memory_kind", "")
         peak = f"{max(peaks):.1f} GiB" + (" RSS" if "RSS" in kind else "") if peaks else "—"
         batch_clip = f"{first['batch']} x {_format_seconds(first['clip_seconds'])}"
-        rows.append([first["where"], first["label"], first["dtype"], first["attention"], first["compile"], batch_clip,
-                     *cells, peak])
+        rows.append(
+            [
+                first["where"],
+                first["label"],
+                first["dtype"],
+                first["attention"],
+                first["compile"],
+                batch_clip,
+                *cells,
+                peak,
+            ]
+        )
     return rows, footnotes
 
 
@@ -122,7 +151,9 @@ def _format_seconds(seconds: float) -> str:
 def plain_table(results: dict) -> str:
     rows, footnotes = table_rows(results)
     widths = [max(len(str(row[index])) for row in [HEADERS] + rows) for index in range(len(HEADERS))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [HEADERS] + rows]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [HEADERS] + rows
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     lines += [f"[{index}] {note}" for index, note in enumerate(footnotes, 1)]
     return "\n".join(lines)
@@ -146,20 +177,31 @@ def flops_rows(results: dict) -> list[list[str]]:
             for samples, entry in per_length.items():
                 counted[(contender, int(samples))] = (run["contenders"].get(contender, {}), entry)
     rows = []
-    for (contender, samples), (about, entry) in sorted(counted.items(), key=lambda item: (_order(CONTENDER_ORDER, item[0][0]), item[0][1])):
+    for (contender, samples), (about, entry) in sorted(
+        counted.items(), key=lambda item: (_order(CONTENDER_ORDER, item[0][0]), item[0][1])
+    ):
         label = about.get("label", contender)
         if "error" in entry:
             rows.append([label, "", f"not counted: {entry['error']}", "", ""])
             continue
-        cells = [f"{entry[name]['per_audio_second'] / 1e9:.2f} ({100 * entry[name]['attention_share']:.1f}%)"
-                 for name in ("encode", "decode")]
+        cells = [
+            f"{entry[name]['per_audio_second'] / 1e9:.2f} ({100 * entry[name]['attention_share']:.1f}%)"
+            for name in ("encode", "decode")
+        ]
         parameters = about.get("parameters")
-        rows.append([label, _format_seconds(entry["clip_seconds"]), *cells,
-                     f"{parameters / 1e6:.0f}M" if parameters else ""])
+        rows.append(
+            [label, _format_seconds(entry["clip_seconds"]), *cells, f"{parameters / 1e6:.0f}M" if parameters else ""]
+        )
     return rows
 
 
-FLOPS_HEADERS = ["codec", "clip", "encode GFLOP/audio-s (SDPA + bmm)", "decode GFLOP/audio-s (SDPA + bmm)", "parameters"]
+FLOPS_HEADERS = [
+    "codec",
+    "clip",
+    "encode GFLOP/audio-s (SDPA + bmm)",
+    "decode GFLOP/audio-s (SDPA + bmm)",
+    "parameters",
+]
 
 
 def flops_markdown(results: dict) -> str:
@@ -182,8 +224,10 @@ def runs_summary(results: dict) -> str:
         machine, versions = run["machine"], run["versions"]
         gpu = ""
         if machine.get("gpu"):
-            gpu = (f" ({machine['gpu']}, {machine.get('gpu_memory_gib')} GiB, {machine.get('multiprocessors')} SMs, "
-                   f"driver {machine.get('driver') or '?'}; CPU {machine.get('cpu_model')})")
+            gpu = (
+                f" ({machine['gpu']}, {machine.get('gpu_memory_gib')} GiB, {machine.get('multiprocessors')} SMs, "
+                f"driver {machine.get('driver') or '?'}; CPU {machine.get('cpu_model')})"
+            )
         lines.append(
             f"run {run_id}: {run['where']}{gpu}; {cores_label(machine)}, {machine.get('torch_threads')} "
             f"torch threads; torch {versions.get('torch')}, transformers {versions.get('transformers')}, CUDA "
@@ -193,22 +237,32 @@ def runs_summary(results: dict) -> str:
         load = [machine.get(f"load_average_at_{when}") for when in ("start", "end")]
         if all(load):
             lines.append(f"  load average (1 min) at start / end: {load[0][0]:.2f} / {load[1][0]:.2f}")
-        ceilings = ", ".join(f"{dtype} {value['tflops']:.3g} TFLOP/s" for dtype, value in run.get("ceilings", {}).items())
+        ceilings = ", ".join(
+            f"{dtype} {value['tflops']:.3g} TFLOP/s" for dtype, value in run.get("ceilings", {}).items()
+        )
         if ceilings:
             lines.append(f"  matmul ceiling ({run['settings'].get('ceiling_size')}^3): {ceilings}")
         for note in run.get("notes", []):
             lines.append(f"  {note}")
-        shares = [case["cpu_share_used_elsewhere"] for case in results["cases"].values()
-                  if case["run"] == run_id and case.get("cpu_share_used_elsewhere") is not None]
+        shares = [
+            case["cpu_share_used_elsewhere"]
+            for case in results["cases"].values()
+            if case["run"] == run_id and case.get("cpu_share_used_elsewhere") is not None
+        ]
         if shares and run["where"].startswith("CPU"):
-            lines.append(f"  CPU time other processes used during the timed calls: median {100 * statistics.median(shares):.1f}%,"
-                         f" at most {100 * max(shares):.1f}%")
+            lines.append(
+                "  CPU time other processes used during the timed calls: "
+                f"median {100 * statistics.median(shares):.1f}%,"
+                f" at most {100 * max(shares):.1f}%"
+            )
         if run.get("stopped"):
             lines.append(f"  stopped early: {run['stopped']['reason']}; {len(run['stopped']['left'])} cases left")
     return "\n".join(lines)
 
 
-LEGEND = ("cells: audio-seconds per second (x real time), median of the timed repeats after warm-up, and in "
-          "parentheses the fraction of the device's matmul ceiling in that dtype reached (FLOPs per audio-second x "
-          "throughput / ceiling); peak memory: CUDA max_memory_allocated over the timed repeats (weights included), "
-          "or the process's peak RSS on CPU")
+LEGEND = (
+    "cells: audio-seconds per second (x real time), median of the timed repeats after warm-up, and in "
+    "parentheses the fraction of the device's matmul ceiling in that dtype reached (FLOPs per audio-second x "
+    "throughput / ceiling); peak memory: CUDA max_memory_allocated over the timed repeats (weights included), "
+    "or the process's peak RSS on CPU"
+)

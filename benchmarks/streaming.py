@@ -22,7 +22,8 @@ in an untrained net, not what trained weights give). Results are merged into ben
     python benchmarks/streaming.py --device cpu --model demo
     python benchmarks/streaming.py --device cpu --model paper --seconds 4 --context-frames 64 --lookaheads 1 4 16 64 \
         --step-frames 5 --streams 1 4
-    python benchmarks/streaming.py --device cuda --model demo && python benchmarks/streaming.py --device cuda --model paper
+    python benchmarks/streaming.py --device cuda --model demo
+    python benchmarks/streaming.py --device cuda --model paper
 """
 
 import argparse
@@ -38,6 +39,7 @@ import numpy as np
 import soundfile
 import torch
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
@@ -45,6 +47,7 @@ from benchmarks.benchmark_codecs import configure_precision, load_config, synchr
 from tests.model_helpers import speechlike_audio
 from transformers_stable_codec import StableCodecFeatureExtractor, StableCodecModel
 from transformers_stable_codec.metrics.functional import mel_distance, si_sdr
+
 
 DEMO_MODEL = REPO / "src" / "transformers_stable_codec" / "demo_model"
 RESULTS = REPO / "benchmarks" / "results"
@@ -125,7 +128,8 @@ def measure(model, codes, reference, args, device) -> dict:
 
 def format_row(row: dict, streams: list[int]) -> str:
     compute = "  ".join(
-        f"{count:>3} streams {row[f'step_compute_ms_{count}']:8.1f} ms/step (RTF {row[f'real_time_factor_{count}']:.3f})"
+        f"{count:>3} streams {row[f'step_compute_ms_{count}']:8.1f} ms/step "
+        f"(RTF {row[f'real_time_factor_{count}']:.3f})"
         for count in streams
     )
     return (
@@ -150,10 +154,18 @@ def plot(results_folder: Path, target: Path) -> None:
             # Exact streams reach 100+ dB (float rounding): everything above 60 dB is drawn at 60 (inaudible).
             sdr_axis.plot(latency, [min(row["si_sdr_db"], 60) for row in rows], marker="o", label=label)
             mel_axis.plot(latency, [row["mel_distance"] for row in rows], marker="o", label=label)
-    sdr_axis.set(xscale="log", xlabel="first-audio latency, ms (lookahead + step + compute)",
-                 ylabel="SI-SDR vs offline decode, dB (capped at 60)", title="Divergence from offline decode")
-    mel_axis.set(xscale="log", xlabel="first-audio latency, ms (lookahead + step + compute)",
-                 ylabel="mel distance vs offline decode", title="Spectral divergence (0: equal)")
+    sdr_axis.set(
+        xscale="log",
+        xlabel="first-audio latency, ms (lookahead + step + compute)",
+        ylabel="SI-SDR vs offline decode, dB (capped at 60)",
+        title="Divergence from offline decode",
+    )
+    mel_axis.set(
+        xscale="log",
+        xlabel="first-audio latency, ms (lookahead + step + compute)",
+        ylabel="mel distance vs offline decode",
+        title="Spectral divergence (0: equal)",
+    )
     for axis in (sdr_axis, mel_axis):
         axis.grid(True, which="both", alpha=0.3)
     sdr_axis.legend(fontsize=8)
@@ -168,7 +180,9 @@ def main() -> None:
     parser.add_argument("--wav", type=Path, help="speech to stream (default: espeak-ng, else synthetic speech)")
     parser.add_argument("--seconds", type=float, default=8.0, help="at most this much of the speech")
     parser.add_argument(
-        "--lookaheads", nargs="+", default=["1", "2", "4", "8", "16", "32", "64", "128", "256", "512", "full"],
+        "--lookaheads",
+        nargs="+",
+        default=["1", "2", "4", "8", "16", "32", "64", "128", "256", "512", "full"],
         help="frames; 'full': the decoder's right receptive field (exact); larger values are cut to it",
     )
     parser.add_argument("--context-frames", type=int, help="default: the decoder's left receptive field (exact)")
@@ -200,8 +214,11 @@ def main() -> None:
         codes = model.encode(audio.to(device, dtype), posthoc_bottleneck=bottleneck).audio_codes
         offline = model.decode(codes, posthoc_bottleneck=bottleneck).audio_values
     reference = offline[0, 0, : audio.shape[-1]].float().cpu().numpy()
-    print(f"{args.model} on {args.device}: {audio.shape[-1] / model.sampling_rate:.2f} s of {source}, "
-          f"{codes.shape[-1]} frames, decoder receptive field {model.decoder_receptive_field}", flush=True)
+    print(
+        f"{args.model} on {args.device}: {audio.shape[-1] / model.sampling_rate:.2f} s of {source}, "
+        f"{codes.shape[-1]} frames, decoder receptive field {model.decoder_receptive_field}",
+        flush=True,
+    )
 
     run = measure(model, codes, reference, args, device)
     run.update(

@@ -68,8 +68,18 @@ def main() -> None:
     print(f"corpus of {clips} clips and the model ready in {time.perf_counter() - started:.0f} s", flush=True)
 
     output_dir = args.work_dir / f"tokens-{time.strftime('%H%M%S')}"
-    command = [sys.executable, "-m", "transformers_stable_codec.cli", "tokenize", str(args.work_dir / "corpus"),
-               "--output-dir", str(output_dir), "--model", str(model_dir), *options]
+    command = [
+        sys.executable,
+        "-m",
+        "transformers_stable_codec.cli",
+        "tokenize",
+        str(args.work_dir / "corpus"),
+        "--output-dir",
+        str(output_dir),
+        "--model",
+        str(model_dir),
+        *options,
+    ]
     started = time.perf_counter()
     path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
     result = subprocess.run(command, env={**os.environ, "PYTHONPATH": path})
@@ -88,9 +98,12 @@ def main() -> None:
     }
     for process in manifest["processes"]:
         split = ", ".join(f"{name} {value:.1f} s" for name, value in process["seconds"].items())
-        print(f"rank {process['rank']}: {process['audio_seconds'] / 3600:.2f} h in {process['wall_seconds']:.1f} s "
-              f"= {process['realtime_factor']:,.0f}x real time, {process['realtime_factor_after_first_window'] or 0:,.0f}x "
-              f"after the first window ({split})")
+        print(
+            f"rank {process['rank']}: {process['audio_seconds'] / 3600:.2f} h in {process['wall_seconds']:.1f} s "
+            f"= {process['realtime_factor']:,.0f}x real time, "
+            f"{process['realtime_factor_after_first_window'] or 0:,.0f}x "
+            f"after the first window ({split})"
+        )
     print(f"with start-up (model load, compile, workers): {audio_seconds / wall:,.0f}x")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

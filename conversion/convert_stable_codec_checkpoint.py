@@ -15,8 +15,7 @@ import sys
 
 import torch
 
-from transformers_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecModel
-from transformers_stable_codec import OriginalCheckpointError
+from transformers_stable_codec import POSTHOC_BOTTLENECK_PRESETS, OriginalCheckpointError, StableCodecModel
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -42,7 +41,8 @@ def model_card(model: StableCodecModel, repo_id: str | None, variant: str, sourc
     )
     name = repo_id or "path/to/this/folder"
     rows = [
-        f"| `None` (training FSQ) | {model.tokens_per_step()} | {model.codebook_sizes()[0]:,} | {model.bits_per_second():.0f} |"
+        f"| `None` (training FSQ) | {model.tokens_per_step()} | {model.codebook_sizes()[0]:,} | "
+        f"{model.bits_per_second():.0f} |"
     ] + [
         f"| `{preset}` | {model.tokens_per_step(preset)} | {model.codebook_sizes(preset)[0]:,} | "
         f"{model.bits_per_second(preset):.0f} |"
@@ -60,8 +60,8 @@ High-Quality Speech Coding](https://arxiv.org/abs/2411.19842), converted from th
 (`{source}`) to the [transformers-stable-codec](https://pypi.org/project/transformers-stable-codec/) format.
 This is {VARIANTS[variant]}.
 
-{parameters / 1e6:.0f}M parameters, {model.sampling_rate} Hz mono speech, {model.frame_rate:g} latent frames per second,
-sliding-window attention {model.config.attention_window}.
+{parameters / 1e6:.0f}M parameters, {model.sampling_rate} Hz mono speech, {model.frame_rate:g} latent frames per
+second, sliding-window attention {model.config.attention_window}.
 
 ## Usage
 
@@ -106,7 +106,7 @@ def verify_against_original(model: StableCodecModel, config_path: str, checkpoin
     set_attention_mode(original.model, "window")
     generator = torch.Generator().manual_seed(0)
     time = torch.arange(3 * model.sampling_rate) / model.sampling_rate
-    audio = (0.3 * torch.sin(2 * torch.pi * 220 * time) + 0.05 * torch.randn(time.shape, generator=generator))
+    audio = 0.3 * torch.sin(2 * torch.pi * 220 * time) + 0.05 * torch.randn(time.shape, generator=generator)
     audio = audio[: audio.shape[-1] // model.hop_length * model.hop_length].view(1, 1, -1)
     with torch.no_grad():
         original_latents, original_codes = original.encode(audio)
@@ -114,7 +114,9 @@ def verify_against_original(model: StableCodecModel, config_path: str, checkpoin
         original_audio = original.decode(original_codes)
         our_audio = model.decode(ours.audio_codes).audio_values
     print(f"--verify: largest |latents difference| {float((ours.latents - original_latents).abs().max()):.3e}")
-    print(f"--verify: identical codes {float((ours.audio_codes == original_codes.transpose(1, 2)).double().mean()):.4%}")
+    print(
+        f"--verify: identical codes {float((ours.audio_codes == original_codes.transpose(1, 2)).double().mean()):.4%}"
+    )
     print(f"--verify: largest |audio difference|   {float((our_audio - original_audio).abs().max()):.3e}")
 
 
@@ -142,7 +144,9 @@ def main(argv=None):
 
     from transformers_stable_codec import StableCodecFeatureExtractor
 
-    feature_extractor = StableCodecFeatureExtractor(sampling_rate=model.config.sampling_rate, hop_length=model.config.hop_length)
+    feature_extractor = StableCodecFeatureExtractor(
+        sampling_rate=model.config.sampling_rate, hop_length=model.config.hop_length
+    )
     hint = f"{args.checkpoint_path} {args.push_to_hub or ''}"
     variant = args.variant or ("base" if "-base" in hint else "finetuned")
     card = model_card(model, args.push_to_hub, variant, pathlib.Path(args.checkpoint_path).name)

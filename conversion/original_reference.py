@@ -53,8 +53,7 @@ def __getattr__(name):
 
 def install_stubs(stub_dir, modules=STUB_MODULES):
     """Write placeholder packages for the missing top-level modules among `modules`; append to sys.path."""
-    missing_tops = sorted({m.split(".")[0] for m in modules
-                           if importlib.util.find_spec(m.split(".")[0]) is None})
+    missing_tops = sorted({m.split(".")[0] for m in modules if importlib.util.find_spec(m.split(".")[0]) is None})
     for mod in modules:
         if mod.split(".")[0] not in missing_tops:
             continue
@@ -66,8 +65,20 @@ def install_stubs(stub_dir, modules=STUB_MODULES):
     return missing_tops
 
 
-def autoencoder_model_config(*, sample_rate, patch_size, channels, c_mults, strides, transformer_depths,
-                             sliding_window, latent_dim, levels, noise_dropout=None, sample_size=None):
+def autoencoder_model_config(
+    *,
+    sample_rate,
+    patch_size,
+    channels,
+    c_mults,
+    strides,
+    transformer_depths,
+    sliding_window,
+    latent_dim,
+    levels,
+    noise_dropout=None,
+    sample_size=None,
+):
     """The original layout's `model_config.json` (as a dict) of a Stable Codec autoencoder: patched pretransform,
     mirrored TAAE encoder and decoder, dithered FSQ bottleneck."""
     stages = {
@@ -105,6 +116,7 @@ def band_mask(q_len, k_len, left, right, device):
     """True = attend.  flash-attn window_size semantics (non-causal, q_len == k_len):
     query i attends key j iff i - left <= j <= i + right; -1 means unbounded."""
     import torch
+
     i = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
     j = torch.arange(k_len, device=device)[None, :]
     m = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
@@ -119,6 +131,7 @@ def set_attention_mode(model, mode):
     """mode: 'window' (intended exact band, fp32 SDPA), 'full' (SDPA, no mask),
     'original' (unpatched original code path, i.e. its CPU fallback)."""
     from stable_audio_tools.models.transformer import Attention
+
     n = 0
     for m in model.modules():
         if not isinstance(m, Attention):
@@ -147,7 +160,12 @@ def set_attention_mode(model, mode):
 
 def replace_quantizer(ae):
     from stable_codec.fsq import DitheredFSQ as SCDitheredFSQ
+
     old = ae.bottleneck.quantizer
-    new = SCDitheredFSQ(levels=list(old.levels), dither_inference=old.dither_inference,
-                        num_codebooks=old.num_codebooks, noise_dropout=old.noise_dropout)
+    new = SCDitheredFSQ(
+        levels=list(old.levels),
+        dither_inference=old.dither_inference,
+        num_codebooks=old.num_codebooks,
+        noise_dropout=old.noise_dropout,
+    )
     ae.bottleneck.quantizer = new.eval().requires_grad_(False)

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import soundfile
 
+
 SENTENCE = "Stable Codec turns speech into a few hundred bits per second and back."
 RATE = 16000
 
@@ -43,8 +44,10 @@ def speech_clip(sentence: str | None, workdir: pathlib.Path) -> np.ndarray:
     syllables = []
     for index in range(12):
         pitch = 110 + 40 * np.sin(index)
-        tone = sum(np.sin(2 * np.pi * pitch * harmonic * time_axis * (1 + 0.1 * time_axis)) / harmonic for harmonic in
-                   range(1, 8))
+        tone = sum(
+            np.sin(2 * np.pi * pitch * harmonic * time_axis * (1 + 0.1 * time_axis)) / harmonic
+            for harmonic in range(1, 8)
+        )
         syllables += [0.1 * tone * np.hanning(len(time_axis)), np.zeros(int(0.08 * RATE))]
     return np.concatenate(syllables).astype(np.float32)
 

@@ -25,7 +25,11 @@ def summarize(run: pathlib.Path, train: list[dict], validation: list[dict]) -> d
     speeds = [entry["train/samples_per_second"] for entry in train if "train/samples_per_second" in entry]
     summary = {
         "steps": train[-1]["step"] if train else 0,
-        "train": {name: first_and_last(f"train/{name}") for name in ("mrstft_loss", "mrmel_loss", "ctc_loss", "loss") if first_and_last(f"train/{name}")},
+        "train": {
+            name: first_and_last(f"train/{name}")
+            for name in ("mrstft_loss", "mrmel_loss", "ctc_loss", "loss")
+            if first_and_last(f"train/{name}")
+        },
         "validation_first": validation[0] if validation else None,
         "validation_last": validation[-1] if validation else None,
         # The first log interval includes start-up (workers, kernels): the median of the rest is the rate.
@@ -116,9 +120,18 @@ def write_model_card(folder: pathlib.Path, summary: dict, minutes: float, device
         parameters = sum(_numel(weights.get_slice(name).get_shape()) for name in weights.keys())
     first, last = summary["validation_first"], summary["validation_last"]
     text = MODEL_CARD.format(
-        parameters=parameters, minutes=minutes, steps=summary["steps"], device=device,
-        per_before=first["val/per"], per_after=last["val/per"], stft_before=first["val/stft"], stft_after=last["val/stft"],
-        mel_before=first["val/mel"], mel_after=last["val/mel"], sisdr_before=first["val/sisdr"], sisdr_after=last["val/sisdr"],
+        parameters=parameters,
+        minutes=minutes,
+        steps=summary["steps"],
+        device=device,
+        per_before=first["val/per"],
+        per_after=last["val/per"],
+        stft_before=first["val/stft"],
+        stft_after=last["val/stft"],
+        mel_before=first["val/mel"],
+        mel_after=last["val/mel"],
+        sisdr_before=first["val/sisdr"],
+        sisdr_after=last["val/sisdr"],
         speed=summary["samples_per_second_median"] or 0.0,
     )
     (folder / "README.md").write_text(text)

@@ -6,13 +6,12 @@ import pytest
 import torch
 
 import transformers_stable_codec  # noqa: F401  (registers the Auto classes)
-from transformers_stable_codec import StableCodecConfig, StableCodecModel
+from transformers_stable_codec import StableCodecModel
 
 from .model_helpers import tiny_config
 
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
-
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -53,7 +52,8 @@ def synthesize_speech(path: pathlib.Path, text: str, sampling_rate: int = 16000,
     subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), text], check=True, capture_output=True)
     subprocess.run(
         ["sox", str(raw), "-r", str(sampling_rate), "-c", str(channels), "-b", "16", str(path)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     raw.unlink()
     return path
@@ -65,5 +65,11 @@ collect_ignore = ["transformers_common_standins"]
 
 def pytest_configure(config):
     # The marks transformers' common tests carry (declared in transformers' own pytest configuration).
-    for mark in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
+    for mark in (
+        "accelerate_tests",
+        "flash_attn_test",
+        "flash_attn_3_test",
+        "flash_attn_4_test",
+        "torch_compile_test",
+    ):
         config.addinivalue_line("markers", f"{mark}: a mark of transformers' common model tests")

@@ -23,7 +23,9 @@ def tiny_config(**overrides) -> StableCodecConfig:
     return StableCodecConfig(**{**TINY_CONFIG, **overrides})
 
 
-def speechlike_audio(batch: int, num_samples: int, sampling_rate: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+def speechlike_audio(
+    batch: int, num_samples: int, sampling_rate: int, device: torch.device, seed: int = 0
+) -> torch.Tensor:
     """Synthetic voiced speech, float32 (batch, 1, samples): harmonics of a wandering pitch (90-250 Hz, a different
     voice per clip) under a syllable envelope of about 4 Hz, plus breath noise; peaks near 0.5."""
     generator = torch.Generator(device=device).manual_seed(seed)

@@ -38,7 +38,15 @@ def main():
             for name in CONFIG_NAMES:
                 model, reference = load_fixture(name, backend, device=device, dtype=dtype)
                 results = measure_parity(model, reference)
-                rows.append({"device": device, "dtype": str(dtype).removeprefix("torch."), "backend": backend, "config": name, **results})
+                rows.append(
+                    {
+                        "device": device,
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "backend": backend,
+                        "config": name,
+                        **results,
+                    }
+                )
     keys = [key for key in rows[0] if key not in ("device", "dtype", "backend", "config")]
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}")
     print("| dtype | backend | config | " + " | ".join(keys) + " |")

@@ -16,6 +16,7 @@ from transformers_stable_codec import StableCodecConfig
 
 from .model_helpers import tiny_config
 
+
 COMMON = ["--device", "cpu", "--config", "tiny", "--repeats", "3", "--warmup", "1", "--ceiling-size", "256"]
 
 
@@ -32,14 +33,25 @@ def cases_of(results, **fields):
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory):
     """Ours on a 4 s clip: stage 1 (200 frames) attends in query blocks, stage 2 (100 frames) over all frames."""
-    return run(tmp_path_factory.mktemp("bench"), "--contenders", "stable-codec", "--scenarios", "1x4s", "2x2s",
-               "--backends", "sdpa", "eager", "flex_attention", "flash_attention_2")
+    return run(
+        tmp_path_factory.mktemp("bench"),
+        "--contenders",
+        "stable-codec",
+        "--scenarios",
+        "1x4s",
+        "2x2s",
+        "--backends",
+        "sdpa",
+        "eager",
+        "flex_attention",
+        "flash_attention_2",
+    )
 
 
 def test_throughput_memory_and_ceiling_fraction_are_what_the_timings_say(ours):
     returned, saved = ours
     assert saved["cases"] == json.loads(json.dumps(returned["cases"]))
-    (run_id, run_record), = saved["runs"].items()
+    ((run_id, run_record),) = saved["runs"].items()
     measured = cases_of(saved, status="ok")
     assert len(measured) == 2 * 2 * 3  # eager and sdpa, two scenarios, three workloads
     for case in measured:
@@ -80,7 +92,13 @@ def hand_count_tiny(seconds: float) -> int:
     input_conv = 2 * frames_50 * 320 * 128 * 7
     downsample = 2 * frames_25 * 128 * 256 * 4
     output_conv = 2 * frames_25 * 256 * 6 * 3
-    return input_conv + transformer_layer(128, frames_50) + downsample + 2 * transformer_layer(256, frames_25) + output_conv
+    return (
+        input_conv
+        + transformer_layer(128, frames_50)
+        + downsample
+        + 2 * transformer_layer(256, frames_25)
+        + output_conv
+    )
 
 
 def test_flop_count_equals_the_hand_count(ours):
@@ -127,10 +145,15 @@ def test_tables_show_the_recorded_numbers(ours, tmp_path, capsys):
     printed = capsys.readouterr().out
     case = cases_of(saved, attention="sdpa", scenario="2x2s", workload="both")[0]
     expected = report.format_throughput(case["throughput_x"]) + report.format_fraction(case["ceiling_fraction"])
-    row = next(line for line in printed.splitlines() if line.startswith("CPU") and " sdpa " in line and "2 x 2 s" in line)
+    row = next(
+        line for line in printed.splitlines() if line.startswith("CPU") and " sdpa " in line and "2 x 2 s" in line
+    )
     assert expected in row
-    markdown_row = next(line for line in printed.splitlines() if line.startswith("| CPU") and "| sdpa |" in line
-                        and "| 2 x 2 s |" in line)
+    markdown_row = next(
+        line
+        for line in printed.splitlines()
+        if line.startswith("| CPU") and "| sdpa |" in line and "| 2 x 2 s |" in line
+    )
     assert f"| {expected} |" in markdown_row
     skipped_row = next(line for line in printed.splitlines() if " flex_attention " in line and "1 x 4 s" in line)
     footnote = skipped_row.split("skipped [")[1].split("]")[0]
@@ -161,8 +184,11 @@ def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(StableCodecContender, "decode", decode_out_of_memory)
     _, saved = run(tmp_path, "--contenders", "stable-codec", "--scenarios", "1x2s", "1x3s", "--repeats", "1")
     statuses = {(case["scenario"], case["workload"]): case["status"] for case in saved["cases"].values()}
-    assert statuses == {(scenario, workload): ("ok" if workload == "encode" else "oom")
-                        for scenario in ("1x2s", "1x3s") for workload in ("encode", "decode", "both")}
+    assert statuses == {
+        (scenario, workload): ("ok" if workload == "encode" else "oom")
+        for scenario in ("1x2s", "1x3s")
+        for workload in ("encode", "decode", "both")
+    }
     decode = cases_of(saved, workload="decode")[0]
     assert decode["reason"] == "OOM (tried to allocate 20.00 GiB more)" and "throughput_x" not in decode
     (run_record,) = saved["runs"].values()
@@ -173,7 +199,8 @@ def test_failure_descriptions():
     status, reason = benchmark_codecs.describe_failure(RuntimeError("shapes do not match\nmore"), torch.device("cpu"))
     assert (status, reason) == ("error", "RuntimeError: shapes do not match")
     status, reason = benchmark_codecs.describe_failure(
-        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"), torch.device("cpu"))
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"), torch.device("cpu")
+    )
     assert status == "oom"
 
 
@@ -193,8 +220,9 @@ def test_scenarios_parse():
 
 
 def test_peers_run_through_their_own_apis(tmp_path):
-    _, saved = run(tmp_path, "--contenders", "mimi", "dac", "xcodec2", "--scenarios", "1x1s", "--repeats", "1",
-                   "--warmup", "0")
+    _, saved = run(
+        tmp_path, "--contenders", "mimi", "dac", "xcodec2", "--scenarios", "1x1s", "--repeats", "1", "--warmup", "0"
+    )
     (run_record,) = saved["runs"].values()
     for name, rate in (("mimi", 24000), ("dac", 16000), ("xcodec2", 16000)):
         cases = cases_of(saved, contender=name)
@@ -226,7 +254,9 @@ def test_the_original_builds_and_runs_in_process(tmp_path):
     for workload in ("encode", "decode"):
         # The same linear layers and convolutions; attention over all 200 and 100 frames instead of the window.
         without_attention = {op: count for op, count in ours[workload]["by_op"].items() if "scaled_dot" not in op}
-        assert {op: count for op, count in original[workload]["by_op"].items() if op != "aten.bmm"} == without_attention
+        assert {
+            op: count for op, count in original[workload]["by_op"].items() if op != "aten.bmm"
+        } == without_attention
         assert original[workload]["by_op"]["aten.bmm"] == 2 * (2 * 200 * 200 * 128) + 2 * 2 * 2 * (2 * 100 * 100 * 128)
 
 

@@ -7,11 +7,11 @@ import pathlib
 import re
 import subprocess
 import sys
-import tomllib
 
 import numpy as np
 import pytest
 import soundfile
+import tomllib
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file

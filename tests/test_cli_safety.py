@@ -18,6 +18,7 @@ from transformers_stable_codec import cli
 from . import test_cli
 from .test_cli import run_cli
 
+
 # test_cli's module fixtures: real speech files and a saved tiny model.
 speech_files, tiny_model_dir = test_cli.speech_files, test_cli.tiny_model_dir
 
@@ -41,9 +42,7 @@ def test_an_input_is_never_overwritten(tmp_path, speech_files, tiny_model_dir):
     source.write_bytes(speech_files[0].read_bytes())
     before = source.read_bytes()
     for extra in ([], ["--overwrite"]):
-        result = run_cli(
-            "reconstruct", folder, "--model", tiny_model_dir, *extra, "-o", folder, expect_success=False
-        )
+        result = run_cli("reconstruct", folder, "--model", tiny_model_dir, *extra, "-o", folder, expect_success=False)
         assert result.returncode == 1 and "is an input of this command" in result.stderr
         assert source.read_bytes() == before
     refused = run_cli(
@@ -79,14 +78,23 @@ def test_a_batch_goes_on_past_bad_files(tmp_path, speech_files, tiny_model_dir):
     (corpus / "b_bad.wav").write_text("not audio")
     (corpus / "c_good.flac").write_bytes(speech_files[1].read_bytes())
     result = run_cli(
-        "evaluate", corpus, "--model", tiny_model_dir, "--csv", tmp_path / "m.csv", "--json", tmp_path / "m.json",
+        "evaluate",
+        corpus,
+        "--model",
+        tiny_model_dir,
+        "--csv",
+        tmp_path / "m.csv",
+        "--json",
+        tmp_path / "m.json",
         expect_success=False,
     )
     assert result.returncode == 1 and "2 done, 1 failed" in result.stderr
     with open(tmp_path / "m.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [(pathlib.Path(row["file"]).name, row["status"]) for row in rows] == [
-        ("a_good.wav", "ok"), ("b_bad.wav", "error"), ("c_good.flac", "ok")
+        ("a_good.wav", "ok"),
+        ("b_bad.wav", "error"),
+        ("c_good.flac", "ok"),
     ]
     assert "cannot read it as audio" in rows[1]["message"] and float(rows[2]["stoi"]) > 0
     summary = json.loads((tmp_path / "m.json").read_text())
@@ -113,8 +121,18 @@ def test_an_interrupted_evaluation_keeps_the_finished_rows(tmp_path, speech_file
 
     monkeypatch.setattr(cli, "reconstruct", interrupted_on_the_second_file)
     status = cli.main(
-        ["evaluate", *map(str, speech_files), "--model", str(tiny_model_dir), "--device", "cpu",
-         "--csv", str(tmp_path / "m.csv"), "--json", str(tmp_path / "m.json")]
+        [
+            "evaluate",
+            *map(str, speech_files),
+            "--model",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--csv",
+            str(tmp_path / "m.csv"),
+            "--json",
+            str(tmp_path / "m.json"),
+        ]
     )
     assert status == cli.EXIT_INTERRUPTED
     with open(tmp_path / "m.csv") as handle:
@@ -182,7 +200,12 @@ def test_a_hub_id_without_network_fails_fast(tmp_path, speech_files, monkeypatch
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     start = time.monotonic()
     result = run_cli(
-        "encode", speech_files[0], "--model", "stabilityai/stable-codec-speech-16k", "-o", tmp_path,
+        "encode",
+        speech_files[0],
+        "--model",
+        "stabilityai/stable-codec-speech-16k",
+        "-o",
+        tmp_path,
         expect_success=False,
     )
     elapsed = time.monotonic() - start

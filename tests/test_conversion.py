@@ -14,7 +14,6 @@ from transformers import AutoConfig, AutoModel
 
 from transformers_stable_codec import OriginalCheckpointError, StableCodecConfig, StableCodecModel
 
-
 from .conftest import FIXTURES
 
 
@@ -63,8 +62,12 @@ def converted(tmp_path_factory):
     source = original_folder(tmp_path, weights="model.ckpt")
     dump = tmp_path / "stable-codec-speech-16k"
     result = run_converter(
-        "--config_path", source / "model_config.json", "--checkpoint_path", source / "model.ckpt",
-        "--pytorch_dump_folder_path", dump,
+        "--config_path",
+        source / "model_config.json",
+        "--checkpoint_path",
+        source / "model.ckpt",
+        "--pytorch_dump_folder_path",
+        dump,
     )
     return dump, result
 
@@ -72,7 +75,10 @@ def converted(tmp_path_factory):
 def test_converter_writes_the_model_preprocessor_and_card(converted):
     dump, result = converted
     assert sorted(path.name for path in dump.iterdir()) == [
-        "README.md", "config.json", "model.safetensors", "preprocessor_config.json",
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
     ]
     assert "Converting weights" in result.stderr  # progress bar
     card = (dump / "README.md").read_text()
@@ -81,7 +87,10 @@ def test_converter_writes_the_model_preprocessor_and_card(converted):
     assert "| `2x15625_700bps` | 2 | 15,625 | 697 |" in card and "| `4x729_1000bps` | 4 | 729 | 951 |" in card
     assert "finetuned with a CTC phoneme head" in card and 'AutoModel.from_pretrained("' in card
     config = json.loads((dump / "config.json").read_text())
-    assert config["model_type"] == "stable_codec" and (config["attention_window_left"], config["attention_window_right"]) == (7, 8)
+    assert config["model_type"] == "stable_codec" and (
+        config["attention_window_left"],
+        config["attention_window_right"],
+    ) == (7, 8)
 
 
 def test_converted_on_the_fly_and_reloaded_models_are_identical(converted, tmp_path):
@@ -101,8 +110,16 @@ def test_converter_dtype_and_variant(tmp_path):
     source = original_folder(tmp_path, source=SMALL_B)
     dump = tmp_path / "stable-codec-speech-16k-base"
     run_converter(
-        "--config_path", source / "model_config.json", "--checkpoint_path", source / "model.safetensors",
-        "--pytorch_dump_folder_path", dump, "--dtype", "bfloat16", "--variant", "base",
+        "--config_path",
+        source / "model_config.json",
+        "--checkpoint_path",
+        source / "model.safetensors",
+        "--pytorch_dump_folder_path",
+        dump,
+        "--dtype",
+        "bfloat16",
+        "--variant",
+        "base",
     )
     weights = load_file(dump / "model.safetensors")
     assert {tensor.dtype for tensor in weights.values()} == {torch.bfloat16}
@@ -112,8 +129,13 @@ def test_converter_dtype_and_variant(tmp_path):
 def test_verify_without_the_original_says_so(tmp_path):
     source = original_folder(tmp_path)
     result = run_converter(
-        "--config_path", source / "model_config.json", "--checkpoint_path", source / "model.safetensors",
-        "--pytorch_dump_folder_path", tmp_path / "out", "--verify",
+        "--config_path",
+        source / "model_config.json",
+        "--checkpoint_path",
+        source / "model.safetensors",
+        "--pytorch_dump_folder_path",
+        tmp_path / "out",
+        "--verify",
     )
     assert "--verify: the original stable-codec is not importable here" in result.stdout
 
@@ -126,7 +148,9 @@ def test_both_weight_norm_layouts_and_both_file_formats_load_the_same_weights(tm
             renamed[key.replace(".weight_v", ".parametrizations.weight.original1")] = value
         return renamed
 
-    reference = StableCodecModel.from_original_checkpoint(SMALL_A / "model_config.json", SMALL_A / "model.safetensors").state_dict()
+    reference = StableCodecModel.from_original_checkpoint(
+        SMALL_A / "model_config.json", SMALL_A / "model.safetensors"
+    ).state_dict()
     for weights, transform in (("model.ckpt", None), ("model.safetensors", to_parametrizations)):
         folder = original_folder(tmp_path / weights, weights=weights, transform=transform)
         loaded = StableCodecModel.from_original_checkpoint(folder / "model_config.json", folder / weights).state_dict()
@@ -154,7 +178,9 @@ def populate_hub_cache(hub_cache: pathlib.Path, repo_id: str, source: pathlib.Pa
 def test_published_repo_ids_load_offline_from_the_cache(tmp_path):
     hf_home = tmp_path / "hf_home"
     populate_hub_cache(hf_home / "hub", "stabilityai/stable-codec-speech-16k", SMALL_A, "model.ckpt", tmp_path)
-    populate_hub_cache(hf_home / "hub", "stabilityai/stable-codec-speech-16k-base", SMALL_B, "model.safetensors", tmp_path)
+    populate_hub_cache(
+        hf_home / "hub", "stabilityai/stable-codec-speech-16k-base", SMALL_B, "model.safetensors", tmp_path
+    )
     script = """
 import sys, torch
 import transformers_stable_codec
@@ -175,8 +201,18 @@ save_file(out, sys.argv[3])
     env.pop("HF_HUB_CACHE", None)
     codes_file = tmp_path / "codes.safetensors"
     subprocess.run(
-        [sys.executable, "-c", script, SMALL_A / "reference.safetensors", SMALL_B / "reference.safetensors", codes_file],
-        check=True, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            script,
+            SMALL_A / "reference.safetensors",
+            SMALL_B / "reference.safetensors",
+            codes_file,
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     codes = load_file(codes_file)
     for name, source in (("a", SMALL_A), ("b", SMALL_B)):
@@ -208,7 +244,7 @@ def test_one_load_looks_each_hub_file_up_once(tmp_path, monkeypatch):
     assert sorted(requested) == ["config.json", "model.ckpt", "model.safetensors", "model_config.json"]
 
 
-# --- errors -----------------------------------------------------------------------------------------------------------
+# --- errors ----------------------------------------------------------------------------------------------------------
 
 
 def test_truncated_and_corrupt_checkpoints_give_a_clear_error(tmp_path):
@@ -234,7 +270,9 @@ def test_a_config_that_does_not_match_the_weights_is_refused(tmp_path):
     extra = original_folder(tmp_path / "extra", transform=lambda sd: {**sd, "discriminator.weight": torch.zeros(1)})
     with pytest.raises(OriginalCheckpointError, match=r"1 unexpected keys \['discriminator.weight'\]"):
         StableCodecModel.from_pretrained(extra)
-    missing = original_folder(tmp_path / "missing", transform=lambda sd: {k: v for k, v in sd.items() if "ff_scale" not in k})
+    missing = original_folder(
+        tmp_path / "missing", transform=lambda sd: {k: v for k, v in sd.items() if "ff_scale" not in k}
+    )
     with pytest.raises(OriginalCheckpointError, match=r"4 missing keys .*feed_forward_scale.scale"):
         StableCodecModel.from_pretrained(missing)
 

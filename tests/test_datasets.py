@@ -1,5 +1,6 @@
-"""The `datasets` recipe of docs/datasets.md on real files: espeak-ng speech stored as WAV and FLAC at 22.05 and 44.1
-kHz, decoded and resampled by `datasets`' own `Audio` feature, tokenized with `.map(batched=True)`, saved and loaded."""
+"""The `datasets` recipe of docs/datasets.md on real files: espeak-ng speech stored as WAV and FLAC at 22.05 and
+44.1 kHz, decoded and resampled by `datasets`' own `Audio` feature, tokenized with `.map(batched=True)`, saved and
+loaded."""
 
 import numpy as np
 import pytest

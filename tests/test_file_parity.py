@@ -16,13 +16,12 @@ import soundfile
 import torch
 from safetensors import safe_open
 
-from transformers_stable_codec import StableCodecFeatureExtractor
+from transformers_stable_codec import StableCodecFeatureExtractor, StableCodecModel
 from transformers_stable_codec.modeling_stable_codec import (
     StableCodecDitheredFSQ,
     StableCodecResidualFSQ,
     resolve_posthoc_stages,
 )
-from transformers_stable_codec import StableCodecModel
 
 from .conftest import FIXTURES, relative_error, requires_cuda
 
@@ -78,8 +77,13 @@ def check_against_original(key, features, model):
     latents = encoded.latents[0]
     assert relative_error(latents, REFERENCE[f"{key}.latents"]) < 1e-4, key
     torch.testing.assert_close(posthoc.latents, encoded.latents, rtol=0, atol=0)
-    check_tokens(encoded.audio_codes[0], latents, key, StableCodecDitheredFSQ(model.config).eval(),
-                 REFERENCE[f"{key}.codes"][None])
+    check_tokens(
+        encoded.audio_codes[0],
+        latents,
+        key,
+        StableCodecDitheredFSQ(model.config).eval(),
+        REFERENCE[f"{key}.codes"][None],
+    )
     stages = StableCodecResidualFSQ(resolve_posthoc_stages(PRESET, model.config.latent_dim))
     check_tokens(posthoc.audio_codes[0], latents, key, stages, REFERENCE[f"{key}.codes.{PRESET}"])
 
@@ -156,8 +160,10 @@ def test_the_same_through_datasets(codec):
         lengths = features["padding_mask"].sum(-1).tolist()
         frames = encoded.audio_codes_mask.sum(-1).tolist()
         return {
-            "input_values": [values[0, : -(-n // model.hop_length) * model.hop_length].numpy()
-                             for values, n in zip(features["input_values"], lengths)],
+            "input_values": [
+                values[0, : -(-n // model.hop_length) * model.hop_length].numpy()
+                for values, n in zip(features["input_values"], lengths)
+            ],
             "audio_codes": [codes[:, :n].numpy() for codes, n in zip(encoded.audio_codes, frames)],
         }
 

@@ -9,6 +9,7 @@ import soundfile
 
 from scripts.long_file_peak_rss import make_long_speech, run_measured, speech_clip
 
+
 pytestmark = pytest.mark.slow
 
 # Measured on 2 CPU cores: 621 MiB peak RSS for 1 minute, 787 MiB for 10 (the samples, held a few times over, add

@@ -28,7 +28,9 @@ def chunk_model() -> StableCodecModel:
     noise: with a context one frame short on either side, chunked outputs miss the whole-signal ones by 4.7e-4 or
     more of their largest value, against 1e-6 with the full context (see test_the_whole_receptive_field_is_needed)."""
     torch.manual_seed(0)
-    config = tiny_config(transformer_depths=[1, 1], attention_window_left=3, attention_window_right=4, initializer_range=0.05)
+    config = tiny_config(
+        transformer_depths=[1, 1], attention_window_left=3, attention_window_right=4, initializer_range=0.05
+    )
     return randomize_(StableCodecModel(config)).eval()
 
 
@@ -52,7 +54,12 @@ def changed_frames(before: torch.Tensor, after: torch.Tensor, steps_per_frame: i
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(transformer_depths=[2, 2]), dict(strides=[2, 2]), dict(attention_window_left=0, attention_window_right=5), dict(attention_window_left=7, attention_window_right=0)],
+    [
+        dict(transformer_depths=[2, 2]),
+        dict(strides=[2, 2]),
+        dict(attention_window_left=0, attention_window_right=5),
+        dict(attention_window_left=7, attention_window_right=0),
+    ],
     ids=["depths-2-2", "strides-2-2", "window-0-5", "window-7-0"],
 )
 def test_receptive_field_is_exact(overrides):
@@ -105,7 +112,9 @@ def test_rotary_scores_do_not_drift_an_hour_into_the_signal():
 def padded_batch(seconds: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     num_samples = int(16000 * max(seconds))
     audio = speechlike(len(seconds), max(seconds))
-    padding_mask = (torch.arange(num_samples)[None, :] < torch.tensor([int(16000 * s) for s in seconds])[:, None]).long()
+    padding_mask = (
+        torch.arange(num_samples)[None, :] < torch.tensor([int(16000 * s) for s in seconds])[:, None]
+    ).long()
     return audio * padding_mask[:, None, :], padding_mask
 
 
@@ -139,7 +148,11 @@ def test_the_whole_receptive_field_is_needed(chunk_model, coder_name):
         if coder_name == "encoder":
             coder, inputs, steps_per_frame = chunk_model.encoder, audio, (chunk_model.hop_length, 1)
         else:
-            coder, inputs, steps_per_frame = chunk_model.decoder, chunk_model(audio).quantized_latents, (1, chunk_model.hop_length)
+            coder, inputs, steps_per_frame = (
+                chunk_model.decoder,
+                chunk_model(audio).quantized_latents,
+                (1, chunk_model.hop_length),
+            )
         whole = coder(inputs, None)
         left, right = coder.receptive_field()
 
@@ -175,7 +188,9 @@ def test_no_coder_call_sees_more_than_a_chunk_and_its_context(chunk_model):
     frames_seen = {"encoder": [], "decoder": []}
     hooks = [
         chunk_model.encoder.register_forward_hook(lambda m, args, out: frames_seen["encoder"].append(out.shape[-1])),
-        chunk_model.decoder.register_forward_pre_hook(lambda m, args: frames_seen["decoder"].append(args[0].shape[-1])),
+        chunk_model.decoder.register_forward_pre_hook(
+            lambda m, args: frames_seen["decoder"].append(args[0].shape[-1])
+        ),
     ]
     try:
         with torch.no_grad():

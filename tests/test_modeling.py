@@ -101,7 +101,11 @@ def test_auto_classes_and_save_load_roundtrip_is_bit_exact(tmp_path, tiny_model)
 def test_readable_rates(tiny_model):
     assert tiny_model.tokens_per_step() == 1 and tiny_model.codebook_sizes() == [17**6]
     assert tiny_model.bits_per_second() == pytest.approx(25 * 6 * math.log2(17))
-    expected = {"1x46656_400bps": (1, 46656, 387.7), "2x15625_700bps": (2, 15625, 696.6), "4x729_1000bps": (4, 729, 950.9)}
+    expected = {
+        "1x46656_400bps": (1, 46656, 387.7),
+        "2x15625_700bps": (2, 15625, 696.6),
+        "4x729_1000bps": (4, 729, 950.9),
+    }
     for preset, (tokens, size, bps) in expected.items():
         assert tiny_model.tokens_per_step(preset) == tokens
         assert tiny_model.codebook_sizes(preset) == [size] * tokens
@@ -155,7 +159,10 @@ def test_attention_is_exactly_the_asymmetric_window(implementation):
 
 
 def test_rope_rotates_only_the_leading_channels_and_depends_on_relative_position():
-    from transformers_stable_codec.modeling_stable_codec import StableCodecRotaryEmbedding, apply_partial_rotary_pos_emb
+    from transformers_stable_codec.modeling_stable_codec import (
+        StableCodecRotaryEmbedding,
+        apply_partial_rotary_pos_emb,
+    )
 
     rope = StableCodecRotaryEmbedding(tiny_config())
     cos, sin = rope(12, torch.device("cpu"))
@@ -173,12 +180,17 @@ def test_bfloat16_model_keeps_float32_rope_frequencies(tiny_model):
     model_bf16 = StableCodecModel(tiny_model.config).to(torch.bfloat16)
     rope = model_bf16.encoder.stages[1].transformer.rotary_emb
     cos, _ = rope(200, torch.device("cpu"))
-    reference, _ = StableCodecModel(tiny_model.config).encoder.stages[1].transformer.rotary_emb(200, torch.device("cpu"))
+    reference, _ = (
+        StableCodecModel(tiny_model.config).encoder.stages[1].transformer.rotary_emb(200, torch.device("cpu"))
+    )
     assert cos.dtype == torch.float32 and torch.equal(cos, reference)
 
 
 def test_window_changes_the_output():
-    narrow, wide = tiny_config(attention_window_left=3, attention_window_right=4), tiny_config(attention_window_left=200, attention_window_right=200)
+    narrow, wide = (
+        tiny_config(attention_window_left=3, attention_window_right=4),
+        tiny_config(attention_window_left=200, attention_window_right=200),
+    )
     torch.manual_seed(1)
     model = randomize_(StableCodecModel(narrow)).eval()
     audio = speechlike(1, 2.0)
@@ -416,7 +428,9 @@ def test_frozen_compile_prepacks_every_linear_and_matches_eager(tiny_model):
         expected_audio = tiny_model.decode(expected.audio_codes).audio_values
     code = "\n".join(generated)
     num_linears = sum(isinstance(module, torch.nn.Linear) for module in tiny_model.encoder.modules())
-    packed = code.count("torch.ops.mkl._mkl_linear.default(") + code.count("torch.ops.mkldnn._linear_pointwise.default(")
+    packed = code.count("torch.ops.mkl._mkl_linear.default(") + code.count(
+        "torch.ops.mkldnn._linear_pointwise.default("
+    )
     assert packed == num_linears and "extern_kernels.mm(" not in code and "extern_kernels.addmm(" not in code
     assert relative_error(encoded.latents, expected.latents) < 1e-5
     assert relative_error(decoded, expected_audio) < 1e-5
@@ -475,7 +489,9 @@ def stand_in_flash_kernels(returns_lse: bool):
         output = torch.stack([attend(q, k, v, softmax_scale, window_size) for q, k, v in zip(query, key, value)])
         return (output, None) if returns_lse else output
 
-    def flash_varlen_fn(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size):
+    def flash_varlen_fn(
+        query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size
+    ):
         assert torch.equal(cu_seqlens_q, cu_seqlens_k) and cu_seqlens_q.dtype == torch.int32
         bounds = cu_seqlens_q.tolist()
         output = torch.cat(
@@ -491,7 +507,9 @@ def test_flash_attention_path_computes_the_window_and_packs_padded_clips(impleme
     import transformers.modeling_flash_attention_utils as flash_utils
 
     kernels = stand_in_flash_kernels(returns_lse=implementation == "flash_attention_4")
-    monkeypatch.setattr(flash_utils, "lazy_import_flash_attention", lambda implementation: ((*kernels, None, None, None), None))
+    monkeypatch.setattr(
+        flash_utils, "lazy_import_flash_attention", lambda implementation: ((*kernels, None, None, None), None)
+    )
     model = StableCodecModel(tiny_model.config).to(torch.bfloat16).eval()
     model.load_state_dict(tiny_model.state_dict())
     batch = speechlike(2, 1.0).bfloat16()

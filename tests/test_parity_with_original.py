@@ -10,8 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transformers_stable_codec import POSTHOC_BOTTLENECK_PRESETS
-from transformers_stable_codec import StableCodecModel
+from transformers_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecModel
 
 from .conftest import FIXTURES, relative_error, requires_cuda
 
@@ -142,6 +141,8 @@ def test_bf16_parity_on_gpu(name, attn_implementation):
 
         version = attn_implementation[-1]
         if not getattr(transformers.utils, f"is_flash_attn_{version}_available")():
-            pytest.skip(f"FlashAttention {version} is not installed on this GPU machine (scripts/carry_flash_attn_4.sh)")
+            pytest.skip(
+                f"FlashAttention {version} is not installed on this GPU machine (scripts/carry_flash_attn_4.sh)"
+            )
     model, reference = load_fixture(name, attn_implementation, device="cuda", dtype=torch.bfloat16)
     check_bf16_parity(model, reference)

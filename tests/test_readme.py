@@ -8,6 +8,7 @@ import pytest
 
 from transformers_stable_codec import cli
 
+
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 
 

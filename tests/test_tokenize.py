@@ -50,18 +50,47 @@ def model_dir(tmp_path_factory) -> pathlib.Path:
 
 
 def tokenize(corpus, output_dir, model_dir, *options, processes: int = 1, wait: bool = True):
-    arguments = [str(corpus), "--output-dir", str(output_dir), "--model", str(model_dir), "--num-workers", "1",
-                 "--window-clips", "2", "--bottleneck", "2x15625_700bps", "--cpu", *options]
+    arguments = [
+        str(corpus),
+        "--output-dir",
+        str(output_dir),
+        "--model",
+        str(model_dir),
+        "--num-workers",
+        "1",
+        "--window-clips",
+        "2",
+        "--bottleneck",
+        "2x15625_700bps",
+        "--cpu",
+        *options,
+    ]
     if processes == 1:  # through the console script's module, as `stable-codec tokenize`
         command = [sys.executable, "-m", "transformers_stable_codec.cli", "tokenize", *arguments]
     else:
         # Without GPUs, `--multi_gpu` with ACCELERATE_USE_CPU starts one CPU process per rank, over gloo.
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "-m", "transformers_stable_codec.tokenize", *arguments]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "transformers_stable_codec.tokenize",
+            *arguments,
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     if not wait:
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -103,7 +132,10 @@ def test_every_clip_gets_the_codes_it_gets_alone(one_process, corpus, model_dir)
 def test_the_manifest_counts_everything_and_names_the_failure(one_process, model_dir):
     manifest = json.loads((one_process / "manifest.json").read_text())
     assert (manifest["clips"], manifest["failed"], manifest["world_size"]) == (len(SENTENCES), 1, 1)
-    assert manifest["failures"][0]["id"] == "b/broken.wav" and "cannot read it as audio" in manifest["failures"][0]["reason"]
+    assert (
+        manifest["failures"][0]["id"] == "b/broken.wav"
+        and "cannot read it as audio" in manifest["failures"][0]["reason"]
+    )
     rows = rows_by_id(one_process)
     assert manifest["frames"] == sum(row["num_frames"] for row in rows.values())
     assert manifest["audio_hours"] == pytest.approx(sum(row["duration_s"] for row in rows.values()) / 3600)

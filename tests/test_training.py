@@ -12,7 +12,6 @@ import tarfile
 import numpy as np
 import pyloudnorm
 import pytest
-import soundfile
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -34,7 +33,13 @@ from transformers_stable_codec.training import (
     phone_error_rate,
     words_in_window,
 )
-from transformers_stable_codec.training.data import SKIP_REASONS, AugmentationConfig, HFDatasetSource, RawClip, ShardSource
+from transformers_stable_codec.training.data import (
+    SKIP_REASONS,
+    AugmentationConfig,
+    HFDatasetSource,
+    RawClip,
+    ShardSource,
+)
 from transformers_stable_codec.training.losses import (
     MultiResolutionMelLoss,
     MultiResolutionSTFTLoss,
@@ -59,10 +64,17 @@ def corpus(tmp_path_factory) -> pathlib.Path:
     unusable clips (`broken-000000.tar`: undecodable audio, no transcript)."""
     folder = tmp_path_factory.mktemp("corpus")
     build_corpus(folder, train=12, validation=4, seed=3, shard_size=5, max_words=5)
-    with tarfile.open(folder / "train-000000.tar") as source, tarfile.open(folder / "broken-000000.tar", "w") as target:
+    with (
+        tarfile.open(folder / "train-000000.tar") as source,
+        tarfile.open(folder / "broken-000000.tar", "w") as target,
+    ):
         good_audio = next(member for member in source.getmembers() if member.name.endswith(".flac"))
-        members = [("garbled.flac", b"not audio at all"), ("garbled.json", json.dumps({"force_aligned_text": {"transcript": []}}).encode()),
-                   ("untranscribed.flac", source.extractfile(good_audio).read()), ("untranscribed.json", b'{"text": "no alignment"}')]
+        members = [
+            ("garbled.flac", b"not audio at all"),
+            ("garbled.json", json.dumps({"force_aligned_text": {"transcript": []}}).encode()),
+            ("untranscribed.flac", source.extractfile(good_audio).read()),
+            ("untranscribed.json", b'{"text": "no alignment"}'),
+        ]
         for name, payload in members:
             info = tarfile.TarInfo(name)
             info.size = len(payload)
@@ -95,7 +107,21 @@ def test_inventory_is_the_originals_80_symbols_plus_blank():
 
 def test_phonemizer_known_words_punctuation_and_fallbacks():
     phonemizer = Phonemizer()
-    assert phonemizer.phonemes("Hello, world!") == ["HH", "AH0", "L", "OW1", "|", ",", "|", "W", "ER1", "L", "D", "|", "!"]
+    assert phonemizer.phonemes("Hello, world!") == [
+        "HH",
+        "AH0",
+        "L",
+        "OW1",
+        "|",
+        ",",
+        "|",
+        "W",
+        "ER1",
+        "L",
+        "D",
+        "|",
+        "!",
+    ]
     assert phonemizer.encode("the cat") == [PHONEME_INVENTORY.index(s) for s in ["DH", "AH0", "|", "K", "AE1", "T"]]
     assert phonemizer.phonemes("42") == ["F", "AO1", "R", "|", "T", "UW1"]  # digits read one by one
     # Unknown words: split into the fewest dictionary words, else spelled letter by letter.
@@ -128,8 +154,13 @@ def test_phone_error_rate_known_values():
 
 
 def test_crop_keeps_exactly_the_words_that_overlap_it():
-    words = [("before", 0.0, 0.4), ("cut_left", 0.5, 1.1), ("inside", 1.2, 1.5), ("cut_right", 1.8, 2.4),
-             ("after", 2.6, 3.0)]
+    words = [
+        ("before", 0.0, 0.4),
+        ("cut_left", 0.5, 1.1),
+        ("inside", 1.2, 1.5),
+        ("cut_right", 1.8, 2.4),
+        ("after", 2.6, 3.0),
+    ]
     assert words_in_window(words, 1.0, 2.0) == ["cut_left", "inside", "cut_right"]
     assert words_in_window([("spanning", 0.0, 3.0)], 1.0, 2.0) == ["spanning"]
     assert words_in_window(words, 2.45, 2.55) == []
@@ -154,15 +185,24 @@ def spoken_words(rate=16000):
     audio = np.zeros(5 * rate, dtype=np.float32)
     for start in (0, 2, 4):
         audio[start * rate : (start + 1) * rate] = 0.3 * np.sin(np.arange(rate) * 2 * np.pi * 200 / rate)
-    transcript = {"transcript": [{"word": w, "start": float(s), "end": float(s + 1)} for w, s in (("one", 0), ("two", 2), ("three", 4))]}
+    transcript = {
+        "transcript": [
+            {"word": w, "start": float(s), "end": float(s + 1)} for w, s in (("one", 0), ("two", 2), ("three", 4))
+        ]
+    }
     return audio, transcript
 
 
 def test_dataset_crops_carry_the_phonemes_of_their_words():
     _, transcript = spoken_words()
     ramp = (np.arange(5 * 16000) / 1e6).astype(np.float32)  # each sample tells its position: the crop's offset
-    dataset = ForceAlignedAudioDataset(ListSource([RawClip(ramp, 16000, transcript, "clip")]), 16000,
-                                       sample_size=24000, phonemizer=Phonemizer(), seed=1)
+    dataset = ForceAlignedAudioDataset(
+        ListSource([RawClip(ramp, 16000, transcript, "clip")]),
+        16000,
+        sample_size=24000,
+        phonemizer=Phonemizer(),
+        seed=1,
+    )
     phonemizer = Phonemizer()
     seen = set()
     for epoch in range(16):
@@ -175,9 +215,15 @@ def test_dataset_crops_carry_the_phonemes_of_their_words():
         assert item["phonemes"].tolist() == phonemizer.encode(item["text"])
         seen.add(item["text"])
     assert len(seen) >= 3  # random crops land in different places across epochs
-    short = ForceAlignedAudioDataset(ListSource([RawClip(ramp[:16000], 16000, {"transcript": transcript["transcript"][:1]}, "s")]),
-                                     16000, sample_size=24000, phonemizer=Phonemizer())[0]
-    assert short["padding_mask"].sum() == 16000 and short["audio"][0, 16000:].abs().sum() == 0 and short["text"] == "one"
+    short = ForceAlignedAudioDataset(
+        ListSource([RawClip(ramp[:16000], 16000, {"transcript": transcript["transcript"][:1]}, "s")]),
+        16000,
+        sample_size=24000,
+        phonemizer=Phonemizer(),
+    )[0]
+    assert (
+        short["padding_mask"].sum() == 16000 and short["audio"][0, 16000:].abs().sum() == 0 and short["text"] == "one"
+    )
 
 
 def test_bad_clips_are_skipped_with_their_reasons():
@@ -193,11 +239,16 @@ def test_bad_clips_are_skipped_with_their_reasons():
     dataset = ForceAlignedAudioDataset(ListSource(clips), 16000, sample_size=16000, phonemizer=Phonemizer())
     item = dataset[0]
     assert item["name"] == "good"
-    assert [reason for reason, _ in item["skipped"]] == ["missing transcript", "word timings outside the audio", "malformed transcript"]
+    assert [reason for reason, _ in item["skipped"]] == [
+        "missing transcript",
+        "word timings outside the audio",
+        "malformed transcript",
+    ]
     assert "late" in item["skipped"][1][1]
 
-    broken = ForceAlignedAudioDataset(ListSource([RawClip(audio, 16000, None, "x")] * 3), 16000, phonemizer=Phonemizer(),
-                                      max_consecutive_bad=3)
+    broken = ForceAlignedAudioDataset(
+        ListSource([RawClip(audio, 16000, None, "x")] * 3), 16000, phonemizer=Phonemizer(), max_consecutive_bad=3
+    )
     with pytest.raises(RuntimeError, match="3 consecutive clips .* missing transcript"):
         broken[0]
 
@@ -207,7 +258,10 @@ def test_unreadable_audio_in_a_shard_is_skipped(tmp_path, corpus):
     with tarfile.open(corpus / "train-000000.tar") as source, tarfile.open(shard, "w") as target:
         for member in source.getmembers()[:4]:  # two good clips
             target.addfile(member, source.extractfile(member))
-        for name, payload in (("broken.flac", b"not audio at all"), ("broken.json", json.dumps({"force_aligned_text": {"transcript": []}}).encode())):
+        for name, payload in (
+            ("broken.flac", b"not audio at all"),
+            ("broken.json", json.dumps({"force_aligned_text": {"transcript": []}}).encode()),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             target.addfile(info, io.BytesIO(payload))
@@ -223,8 +277,9 @@ def test_loudness_augmentation_and_phase_flip_are_random_but_reproducible():
     rng = np.random.default_rng(0)
     audio = (0.05 * rng.standard_normal(16000)).astype(np.float32)
     clip = RawClip(audio, 16000, None, "noise")  # as long as the crop: no offset, so the sign can be read off
-    dataset = ForceAlignedAudioDataset(ListSource([clip] * 40), 16000, sample_size=16000,
-                                       augmentation=AugmentationConfig(-20.0, 5.0, 0.5), seed=7)
+    dataset = ForceAlignedAudioDataset(
+        ListSource([clip] * 40), 16000, sample_size=16000, augmentation=AugmentationConfig(-20.0, 5.0, 0.5), seed=7
+    )
     meter = pyloudnorm.Meter(16000)
     loudness, signs = [], []
     for index in range(40):
@@ -246,7 +301,9 @@ def test_spectral_losses_are_zero_for_identical_audio_and_grow_with_distortion()
     real = torch.randn(2, 1, 8000) * 0.1
     stft = MultiResolutionSTFTLoss(fft_sizes=[512, 128], hop_sizes=[128, 32], win_lengths=[512, 128])
     mel = MultiResolutionMelLoss(16000, n_mels=[40], window_lengths=[512])
-    assert float(stft(real, real)) == pytest.approx(0.0, abs=1e-6) and float(mel(real, real)) == pytest.approx(0.0, abs=1e-6)
+    assert float(stft(real, real)) == pytest.approx(0.0, abs=1e-6) and float(mel(real, real)) == pytest.approx(
+        0.0, abs=1e-6
+    )
     slightly, badly = real + 0.01 * torch.randn_like(real), real + 0.1 * torch.randn_like(real)
     assert 0 < float(stft(slightly, real)) < float(stft(badly, real))
     assert 0 < float(mel(slightly, real)) < float(mel(badly, real))
@@ -260,7 +317,9 @@ def test_si_sdr_known_values():
     noise = torch.randn(1, 1, 4000)
     noise = noise - (noise.flatten() @ reference.flatten()) / (reference.flatten() @ reference.flatten()) * reference
     noise = noise / noise.norm() * reference.norm() / 10  # orthogonal, 20 dB below
-    assert float(scale_invariant_sdr(3 * reference + 3 * noise - 3 * noise.mean(), reference)) == pytest.approx(20.0, abs=0.1)
+    assert float(scale_invariant_sdr(3 * reference + 3 * noise - 3 * noise.mean(), reference)) == pytest.approx(
+        20.0, abs=0.1
+    )
 
 
 def test_discriminator_hinge_and_feature_matching():
@@ -269,7 +328,9 @@ def test_discriminator_hinge_and_feature_matching():
     assert float(discriminator_hinge_loss(logits, 2)) == pytest.approx(1.0)
     adversarial, matching = generator_adversarial_losses(logits, 2)
     assert float(adversarial) == pytest.approx(0.75) and float(matching) == pytest.approx(0.25)
-    discriminator = MultiScaleSTFTDiscriminator(filters=4, n_ffts=[256, 128], hop_lengths=[64, 32], win_lengths=[256, 128])
+    discriminator = MultiScaleSTFTDiscriminator(
+        filters=4, n_ffts=[256, 128], hop_lengths=[64, 32], win_lengths=[256, 128]
+    )
     outputs = discriminator(torch.randn(3, 1, 4000))
     assert len(outputs) == 2 and all(logit.shape[0] == 3 and len(features) == 5 for logit, features in outputs)
 
@@ -350,7 +411,9 @@ def final_state(trainer):
 def test_resumed_training_is_identical_to_uninterrupted_training(tmp_path, corpus):
     """6 steps at once versus 3, a checkpoint, a fresh trainer resuming, 3 more: bit-identical weights, EMA and
     discriminator (gradient accumulation, workers, data order, augmentation, FSQ dither and RNG all restored)."""
-    settings = dict(max_steps=6, checkpoint_every=3, validate_every=100, validate_at_start=False, gradient_accumulation_steps=2)
+    settings = dict(
+        max_steps=6, checkpoint_every=3, validate_every=100, validate_at_start=False, gradient_accumulation_steps=2
+    )
     values = tiny_config(corpus, tmp_path / "straight", **settings)
     values["data"]["num_workers"] = 1
     values["data"]["train"]["path"] = [str(corpus / "train-*.tar"), str(corpus / "broken-*.tar")]  # 2 of 14 unusable
@@ -363,7 +426,9 @@ def test_resumed_training_is_identical_to_uninterrupted_training(tmp_path, corpu
     skipped = dict(zip(SKIP_REASONS, straight.skipped))
     assert skipped["unreadable audio"] >= 1 and skipped["missing transcript"] >= 1
     logged = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    assert [entry["data/skipped_clips"] for entry in logged if "data/skipped_clips" in entry][-1] == sum(straight.skipped)
+    assert [entry["data/skipped_clips"] for entry in logged if "data/skipped_clips" in entry][-1] == sum(
+        straight.skipped
+    )
 
     values["training"]["output_dir"] = str(tmp_path / "interrupted")
     first = StableCodecTrainer(config_from_dict({**values, "training": {**values["training"], "max_steps": 3}}))
@@ -375,11 +440,16 @@ def test_resumed_training_is_identical_to_uninterrupted_training(tmp_path, corpu
     for ours, theirs in zip(final_state(second), expected):
         items = zip(ours.values(), theirs.values()) if isinstance(ours, dict) else zip(ours, theirs)
         assert all(torch.equal(a, b) for a, b in items)
-    assert any(not torch.equal(a, b) for a, b in zip(expected[0].values(), first.accelerator.unwrap_model(first.model).state_dict().values()))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(expected[0].values(), first.accelerator.unwrap_model(first.model).state_dict().values())
+    )
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, corpus, monkeypatch):
-    values = tiny_config(corpus, tmp_path / "run", max_steps=10, checkpoint_every=2, validate_every=100, validate_at_start=False)
+    values = tiny_config(
+        corpus, tmp_path / "run", max_steps=10, checkpoint_every=2, validate_every=100, validate_at_start=False
+    )
     trainer = StableCodecTrainer(config_from_dict(values))
     terms = trainer._generator_terms
 
@@ -390,7 +460,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
         return values
 
     monkeypatch.setattr(trainer, "_generator_terms", poisoned)
-    with pytest.raises(NonFiniteLossError, match=r"step 4 \(mrmel_loss, loss\).*last good checkpoint is .*step_00000004"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"step 4 \(mrmel_loss, loss\).*last good checkpoint is .*step_00000004"
+    ):
         trainer.train()
     checkpoints = sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["step_00000002", "step_00000004"]  # nothing written after the NaN
@@ -424,7 +496,10 @@ def test_export_is_a_plain_model_with_the_ema_weights_and_the_head(tmp_path, cor
 
 
 def test_hf_dataset_and_shards_hold_the_same_corpus(corpus):
-    shards, table = ShardSource(str(corpus / "validation-*.tar")), HFDatasetSource(__import__("datasets").load_from_disk(str(corpus / "hf" / "validation")))
+    shards, table = (
+        ShardSource(str(corpus / "validation-*.tar")),
+        HFDatasetSource(__import__("datasets").load_from_disk(str(corpus / "hf" / "validation"))),
+    )
     assert len(shards) == len(table) == 4
     for index in range(4):
         a, b = shards.read(index), table.read(index)
@@ -452,14 +527,31 @@ def test_synthetic_corpus_timings_are_exact(corpus):
 def test_accelerate_launch_two_cpu_processes(tmp_path, corpus):
     """DDP over gloo, in bf16 autocast: both processes end with the same weights (gradients were averaged although
     each saw other clips), the run exports, and the CLI's exit status says it succeeded."""
-    values = tiny_config(corpus, tmp_path / "ddp", max_steps=4, checkpoint_every=4, validate_every=4, mixed_precision="bf16")
+    values = tiny_config(
+        corpus, tmp_path / "ddp", max_steps=4, checkpoint_every=4, validate_every=4, mixed_precision="bf16"
+    )
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(values))
     # On a machine without GPUs, `--multi_gpu` with ACCELERATE_USE_CPU runs one process per rank over gloo.
     environment = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "bf16", "--dynamo_backend", "no", "-m", "transformers_stable_codec.training",
-               "--config", str(config)]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "bf16",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "transformers_stable_codec.training",
+        "--config",
+        str(config),
+    ]
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = tmp_path / "ddp" / "checkpoints" / "step_00000004"
@@ -494,9 +586,19 @@ def test_run_report_summarizes_plots_and_writes_the_model_card(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     entries = [{"step": 0, "val/per": 1.2, "val/stft": 5.0, "val/mel": 7.0, "val/sisdr": -40.0, "val/ctc_loss": 12.0}]
-    entries += [{"step": step, "train/mrstft_loss": 6.0 - step / 100, "train/ctc_loss": 9.0 - step / 50,
-                 "train/samples_per_second": speed, "data/skipped_clips": 2.0} for step, speed in ((25, 10.0), (50, 200.0), (75, 210.0), (100, 190.0))]
-    entries += [{"step": 100, "val/per": 0.3, "val/stft": 2.5, "val/mel": 3.0, "val/sisdr": -10.0, "val/ctc_loss": 2.0}]
+    entries += [
+        {
+            "step": step,
+            "train/mrstft_loss": 6.0 - step / 100,
+            "train/ctc_loss": 9.0 - step / 50,
+            "train/samples_per_second": speed,
+            "data/skipped_clips": 2.0,
+        }
+        for step, speed in ((25, 10.0), (50, 200.0), (75, 210.0), (100, 190.0))
+    ]
+    entries += [
+        {"step": 100, "val/per": 0.3, "val/stft": 2.5, "val/mel": 3.0, "val/sisdr": -10.0, "val/ctc_loss": 2.0}
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
     train, validation = report.read_metrics(run / "metrics.jsonl")
     summary = report.summarize(run, train, validation)

@@ -19,7 +19,9 @@ import transformers
 
 
 STANDINS = pathlib.Path(__file__).resolve().parent / "transformers_common_standins"
-CACHE = pathlib.Path(os.environ.get("STABLE_CODEC_TEST_CACHE", pathlib.Path.home() / ".cache" / "transformers-stable-codec"))
+CACHE = pathlib.Path(
+    os.environ.get("STABLE_CODEC_TEST_CACHE", pathlib.Path.home() / ".cache" / "transformers-stable-codec")
+)
 PACKAGE = "transformers_common_tests"
 
 
@@ -30,8 +32,19 @@ def transformers_tests_folder(version: str = transformers.__version__) -> pathli
         return folder
     with tempfile.TemporaryDirectory() as download:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-             f"transformers=={version}", "--dest", download],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-binary",
+                ":all:",
+                "--no-deps",
+                f"transformers=={version}",
+                "--dest",
+                download,
+            ],
             check=True,
         )
         (archive,) = pathlib.Path(download).glob("transformers-*.tar.gz")

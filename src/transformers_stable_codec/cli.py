@@ -49,6 +49,7 @@ from .feature_extraction_stable_codec import StableCodecFeatureExtractor
 from .metrics import METRIC_NAMES
 from .modeling_stable_codec import StableCodecModel
 
+
 CODES_FORMAT = "stable-codec-codes/1"
 CODES_SUFFIX = ".codes.safetensors"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
@@ -182,6 +183,7 @@ def load_codec(location: str, device: str, dtype: torch.dtype, attn_implementati
 
 def weight_files(location: str) -> list[pathlib.Path]:
     """The files holding the model's weights, in a local folder or in the Hub cache (after loading); [] if unknown."""
+
     def find(name):
         if os.path.isdir(location):
             path = pathlib.Path(location) / name
@@ -599,7 +601,15 @@ def command_decode(args) -> int:
                 f"model {codec.name!r} works at {model.sampling_rate} Hz with hop {model.hop_length}."
             )
         if args.stream:
-            stream_audio(codec, codes, bottleneck_argument(metadata["bottleneck"]), metadata["num_samples"], source, target, args)
+            stream_audio(
+                codec,
+                codes,
+                bottleneck_argument(metadata["bottleneck"]),
+                metadata["num_samples"],
+                source,
+                target,
+                args,
+            )
             return {"file": str(source), "status": "ok"}
         try:
             audio = codec.decode(codes, bottleneck_argument(metadata["bottleneck"]), metadata["num_samples"])
@@ -805,8 +815,7 @@ def command_evaluate(args) -> int:
         log.close()
         scored = [row for row in rows if row["status"] == "ok"]
         mean = {
-            name: float(np.nanmean([row[name] for row in scored])) if scored else math.nan
-            for name in METRIC_NAMES
+            name: float(np.nanmean([row[name] for row in scored])) if scored else math.nan for name in METRIC_NAMES
         }
         if json_path is not None:
             summary = {

@@ -159,8 +159,8 @@ class StableCodecConfig(PreTrainedConfig):
                 )
         if self.head_dim < self.rotary_dim:
             fail(
-                f"`head_dim` is {self.head_dim}, but RoPE rotates max(head_dim // 2, 32) = {self.rotary_dim} channels of "
-                "each head (as the original does): heads need at least 32 channels."
+                f"`head_dim` is {self.head_dim}, but RoPE rotates max(head_dim // 2, 32) = {self.rotary_dim} "
+                "channels of each head (as the original does): heads need at least 32 channels."
             )
         for width in widths:
             if width % self.head_dim != 0:
@@ -185,7 +185,9 @@ class StableCodecConfig(PreTrainedConfig):
             return cls(**{**original_config_kwargs(model_config), **overrides})
         except Exception as error:  # @strict wraps our ValueError: report the cause
             cause = error.__cause__ or error
-            raise OriginalCheckpointError(f"the original config does not describe a valid Stable Codec: {cause}") from None
+            raise OriginalCheckpointError(
+                f"the original config does not describe a valid Stable Codec: {cause}"
+            ) from None
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:

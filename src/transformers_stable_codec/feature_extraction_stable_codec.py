@@ -11,10 +11,13 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import TensorType, logging
 
-from .original_checkpoint import find_original_layout, original_config_kwargs, read_original_config, split_loading_kwargs
-
-
 from . import audio_processing
+from .original_checkpoint import (
+    find_original_layout,
+    original_config_kwargs,
+    read_original_config,
+    split_loading_kwargs,
+)
 
 
 logger = logging.get_logger(__name__)

@@ -6,8 +6,8 @@ bottlenecks, then the pretrained-model base and the model itself.
 
 import math
 import numbers
-from collections.abc import Callable, Iterable, Iterator, Sequence
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Unpack
 
@@ -234,7 +234,11 @@ class LocalAttentionBlocks:
     def mask_function(self, frame_is_valid: torch.Tensor | None) -> Callable:
         """The window of `sliding_window_mask_function`, in block coordinates."""
         num_blocks, block_size, left, right, num_frames = (
-            self.num_blocks, self.block_size, self.left, self.right, self.num_frames
+            self.num_blocks,
+            self.block_size,
+            self.left,
+            self.right,
+            self.num_frames,
         )
 
         def mask_function(batch_idx, head_idx, q_idx, kv_idx):
@@ -367,7 +371,9 @@ class StableCodecAttention(nn.Module):
             # stage and clip has its own) or in reduced precision; sdpa computes the same window on CPU.
             raise ValueError("flex_attention runs on CUDA devices only; use attn_implementation='sdpa' on CPU.")
         if implementation.startswith("flash_attention"):
-            attn_output = windowed_flash_attention_forward(self, query, key, value, layout.frame_is_valid, self.scaling)
+            attn_output = windowed_flash_attention_forward(
+                self, query, key, value, layout.frame_is_valid, self.scaling
+            )
         else:
             blocks = layout.blocks
             if blocks is not None:
@@ -449,7 +455,9 @@ class StableCodecTransformer(nn.Module):
             hidden_states = layer(hidden_states, position_embeddings, layout)
         return hidden_states.transpose(1, 2)
 
-    def attention_layout(self, hidden_states: torch.Tensor, frame_is_valid: torch.Tensor | None) -> StableCodecAttentionLayout:
+    def attention_layout(
+        self, hidden_states: torch.Tensor, frame_is_valid: torch.Tensor | None
+    ) -> StableCodecAttentionLayout:
         implementation = self.config._attn_implementation
         if implementation.startswith("flash_attention"):
             return StableCodecAttentionLayout(frame_is_valid=frame_is_valid)
@@ -493,7 +501,9 @@ def mask_padding(hidden_states: torch.Tensor, frame_is_valid: torch.Tensor | Non
 class StableCodecEncoderStage(nn.Module):
     """Optional strided convolution (kernel 2*stride), then transformer layers at the new frame rate."""
 
-    def __init__(self, config: StableCodecConfig, in_width: int, out_width: int, stride: int, depth: int, first_layer_idx: int):
+    def __init__(
+        self, config: StableCodecConfig, in_width: int, out_width: int, stride: int, depth: int, first_layer_idx: int
+    ):
         super().__init__()
         self.stride = stride
         self.downsample = None
@@ -512,14 +522,18 @@ class StableCodecEncoderStage(nn.Module):
 class StableCodecDecoderStage(nn.Module):
     """Transformer layers, then an optional transposed convolution (kernel 2*stride) that upsamples."""
 
-    def __init__(self, config: StableCodecConfig, in_width: int, out_width: int, stride: int, depth: int, first_layer_idx: int):
+    def __init__(
+        self, config: StableCodecConfig, in_width: int, out_width: int, stride: int, depth: int, first_layer_idx: int
+    ):
         super().__init__()
         self.stride = stride
         self.transformer = StableCodecTransformer(config, in_width, depth, first_layer_idx)
         self.upsample = None
         if stride > 1 or in_width != out_width:
             self.upsample = weight_normed(
-                nn.ConvTranspose1d(in_width, out_width, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2))
+                nn.ConvTranspose1d(
+                    in_width, out_width, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)
+                )
             )
 
     def forward(self, hidden_states: torch.Tensor, frame_is_valid: torch.Tensor | None) -> torch.Tensor:
@@ -780,7 +794,8 @@ class StableCodecDitheredFSQ(nn.Module):
         self.fsq = StableCodecFSQ(config.fsq_levels)
 
     def forward(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latents (batch, channels, frames) to quantized latents (same shape and dtype) and codes (batch, 1, frames)."""
+        """Latents (batch, channels, frames) to quantized latents (same shape and dtype) and codes
+        (batch, 1, frames)."""
         squashed = torch.tanh(latents.transpose(1, 2).double())
         quantized, indices = self.fsq.quantize(squashed)
         if self.training:
@@ -945,7 +960,9 @@ class StableCodecModel(StableCodecPreTrainedModel):
             f"{location} is an original Stable Codec checkpoint ({os.path.basename(layout.weights_path)}): converting "
             "it on the fly. `save_pretrained` the model to load it directly next time."
         )
-        model = cls.from_original_checkpoint(layout.model_config_path, layout.weights_path, config=options.get("config"))
+        model = cls.from_original_checkpoint(
+            layout.model_config_path, layout.weights_path, config=options.get("config")
+        )
         dtype = options.get("dtype") or options.get("torch_dtype")
         if dtype not in (None, "auto"):
             model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
@@ -1044,14 +1061,17 @@ class StableCodecModel(StableCodecPreTrainedModel):
     def _check_audio(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor | None:
         """Validates the waveform and returns the padding mask as (batch, samples) booleans, or None."""
         if not isinstance(input_values, torch.Tensor) or not input_values.is_floating_point():
+            given = type(input_values).__name__
+            if isinstance(input_values, torch.Tensor):
+                given += f" of {input_values.dtype}"
             raise ValueError(
                 "`input_values` must be a floating-point tensor of shape (batch_size, 1, num_samples); got "
-                f"{type(input_values).__name__}{'' if not isinstance(input_values, torch.Tensor) else ' of ' + str(input_values.dtype)}."
-                " Use StableCodecFeatureExtractor to prepare raw audio."
+                f"{given}. Use StableCodecFeatureExtractor to prepare raw audio."
             )
         if input_values.dim() != 3 or input_values.shape[1] != 1:
             raise ValueError(
-                f"`input_values` must have shape (batch_size, 1, num_samples) (mono audio), got {tuple(input_values.shape)}."
+                "`input_values` must have shape (batch_size, 1, num_samples) (mono audio), got "
+                f"{tuple(input_values.shape)}."
             )
         if input_values.shape[0] == 0 or input_values.shape[-1] == 0:
             raise ValueError(f"`input_values` is empty: shape {tuple(input_values.shape)}.")
@@ -1108,14 +1128,18 @@ class StableCodecModel(StableCodecPreTrainedModel):
 
     # Encode, decode, forward -----------------------------------------------------------------------------------
 
-    def _run_coder(self, coder: nn.Module, inputs: torch.Tensor, frames_valid: torch.Tensor | None, chunk_frames: int | None):
+    def _run_coder(
+        self, coder: nn.Module, inputs: torch.Tensor, frames_valid: torch.Tensor | None, chunk_frames: int | None
+    ):
         """The encoder or decoder on the whole signal, or chunk by chunk with its receptive field as context."""
         if chunk_frames is None:
             return coder(inputs, frames_valid)
         is_encoder = coder is self.encoder
         steps_per_frame = (self.hop_length, 1) if is_encoder else (1, self.hop_length)
         description = "encoding" if is_encoder else "decoding"
-        return run_in_chunks(coder, inputs, frames_valid, chunk_frames, coder.receptive_field(), steps_per_frame, description)
+        return run_in_chunks(
+            coder, inputs, frames_valid, chunk_frames, coder.receptive_field(), steps_per_frame, description
+        )
 
     def _encode_latents(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None, chunk_frames: int | None):
         """Pads to whole latent frames and runs the encoder, keeping padding frames out of every clip's result."""
@@ -1343,13 +1367,14 @@ class StableCodecModel(StableCodecPreTrainedModel):
             if not isinstance(audio_codes_mask, torch.Tensor):
                 raise ValueError(
                     f"`audio_codes_mask` must be a tensor of shape (batch_size, frames), got "
-                    f"{type(audio_codes_mask).__name__}. (`decode(audio_codes, audio_codes_mask, posthoc_bottleneck)`: "
-                    "pass the bottleneck by name.)"
+                    f"{type(audio_codes_mask).__name__}. "
+                    "(`decode(audio_codes, audio_codes_mask, posthoc_bottleneck)`: pass the bottleneck by name.)"
                 )
             if audio_codes_mask.shape != (quantized_latents.shape[0], quantized_latents.shape[-1]):
                 raise ValueError(
                     f"`audio_codes_mask` must have shape (batch_size, frames) = "
-                    f"{(quantized_latents.shape[0], quantized_latents.shape[-1])}, got {tuple(audio_codes_mask.shape)}."
+                    f"{(quantized_latents.shape[0], quantized_latents.shape[-1])}, "
+                    f"got {tuple(audio_codes_mask.shape)}."
                 )
             frames_valid = audio_codes_mask.long().sum(dim=-1)
             if not torch.compiler.is_compiling() and int(frames_valid.min()) == quantized_latents.shape[-1]:

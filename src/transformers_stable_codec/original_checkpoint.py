@@ -45,16 +45,28 @@ def original_config_kwargs(model_config: dict) -> dict:
     )
     patch_size = pretransform.get("config", {}).get("patch_size")
     _require(pretransform.get("config", {}).get("channels", 1) == 1, "only mono (1-channel) patching is supported.")
-    _require(isinstance(patch_size, int) and patch_size > 0, "pretransform.config.patch_size must be a positive integer.")
-    _require(model.get("io_channels", 1) == 1 and model_config.get("audio_channels", 1) == 1, "only mono models are supported.")
+    _require(
+        isinstance(patch_size, int) and patch_size > 0, "pretransform.config.patch_size must be a positive integer."
+    )
+    _require(
+        model.get("io_channels", 1) == 1 and model_config.get("audio_channels", 1) == 1,
+        "only mono models are supported.",
+    )
 
     encoder, decoder = model["encoder"], model["decoder"]
     for name, section in (("encoder", encoder), ("decoder", decoder)):
-        _require(section.get("type") == "taae", f"{name} type {section.get('type')!r} is not supported; only 'taae' is.")
+        _require(
+            section.get("type") == "taae", f"{name} type {section.get('type')!r} is not supported; only 'taae' is."
+        )
         options = section.get("config", {})
         for flag in ("conformer", "use_snake", "use_dilated_conv", "soft_clip"):
-            _require(not options.get(flag, False), f"{name} option {flag}=true is not supported (Stable Codec uses false).")
-        _require(options.get("layer_scale", True), f"{name} option layer_scale=false is not supported (Stable Codec uses true).")
+            _require(
+                not options.get(flag, False), f"{name} option {flag}=true is not supported (Stable Codec uses false)."
+            )
+        _require(
+            options.get("layer_scale", True),
+            f"{name} option layer_scale=false is not supported (Stable Codec uses true).",
+        )
     encoder_options, decoder_options = encoder["config"], decoder["config"]
 
     # The original's TAAE defaults, for keys a config leaves out.
@@ -70,7 +82,8 @@ def original_config_kwargs(model_config: dict) -> dict:
         encoder_value, decoder_value = encoder_options.get(key, default), decoder_options.get(key, default)
         _require(
             encoder_value == decoder_value,
-            f"encoder and decoder disagree on {key} ({encoder_value} vs {decoder_value}); only mirrored models are supported.",
+            f"encoder and decoder disagree on {key} ({encoder_value} vs {decoder_value}); only mirrored models are "
+            "supported.",
         )
         architecture[key] = encoder_value
     latent_dim = model.get("latent_dim")
@@ -86,7 +99,8 @@ def original_config_kwargs(model_config: dict) -> dict:
     hop_length = patch_size * math.prod(architecture["strides"])
     _require(
         model.get("downsampling_ratio", hop_length) == hop_length,
-        f"downsampling_ratio {model.get('downsampling_ratio')} does not match patch_size * prod(strides) = {hop_length}.",
+        f"downsampling_ratio {model.get('downsampling_ratio')} does not match patch_size * prod(strides) = "
+        f"{hop_length}.",
     )
 
     bottleneck = model["bottleneck"]
@@ -99,7 +113,10 @@ def original_config_kwargs(model_config: dict) -> dict:
     _require(bottleneck_options.get("dim", latent_dim) == latent_dim, "the FSQ dim must equal latent_dim.")
     levels = bottleneck_options.get("levels")
     fsq_levels = [levels] * latent_dim if isinstance(levels, int) else levels
-    _require(isinstance(fsq_levels, list) and len(fsq_levels) == latent_dim, f"FSQ levels {levels!r} do not fit latent_dim {latent_dim}.")
+    _require(
+        isinstance(fsq_levels, list) and len(fsq_levels) == latent_dim,
+        f"FSQ levels {levels!r} do not fit latent_dim {latent_dim}.",
+    )
 
     window = architecture["sliding_window"]
     _require(

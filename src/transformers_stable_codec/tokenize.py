@@ -228,7 +228,9 @@ class Tokenizer:
         encoded = self.encode(input_values, padding_mask=padding_mask, posthoc_bottleneck=self.bottleneck)
         codes = encoded.audio_codes.cpu()
         frames = encoded.audio_codes.shape[-1]
-        num_frames = torch.full((len(clips),), frames) if padding_mask is None else encoded.audio_codes_mask.sum(-1).cpu()
+        num_frames = (
+            torch.full((len(clips),), frames) if padding_mask is None else encoded.audio_codes_mask.sum(-1).cpu()
+        )
         done = time.perf_counter()
         self.seconds["preprocess"] += encoding - start
         self.seconds["model"] += done - encoding
@@ -308,9 +310,10 @@ def check_run(output_dir: pathlib.Path, run: dict) -> None:
     earlier = json.loads(path.read_text())
     differing = sorted(key for key in run if earlier.get(key) != run[key])
     if differing:
+        changes = ", ".join(f"{key}: {earlier.get(key)!r} there, {run[key]!r} now" for key in differing)
         raise TokenizeError(
-            f"{output_dir} holds a run with other settings ({', '.join(f'{key}: {earlier.get(key)!r} there, {run[key]!r} now' for key in differing)}). "
-            "Resume it with the same command, or tokenize into another --output-dir."
+            f"{output_dir} holds a run with other settings ({changes}). Resume it with the same command, or tokenize "
+            "into another --output-dir."
         )
 
 
@@ -413,7 +416,10 @@ def run(args) -> dict:
     from tqdm.auto import tqdm
 
     progress = tqdm(
-        total=len(indices), unit="clip", disable=not accelerator.is_main_process, desc=f"tokenizing ({world_size} proc.)"
+        total=len(indices),
+        unit="clip",
+        disable=not accelerator.is_main_process,
+        desc=f"tokenizing ({world_size} proc.)",
     )
     seconds = {"waiting_for_audio": 0.0, "writing": 0.0}
     audio_seconds, started, first_window = 0.0, time.perf_counter(), None
@@ -463,7 +469,9 @@ def run(args) -> dict:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="stable-codec tokenize", description=__doc__.split("\n\n")[0])
-    parser.add_argument("input", help="a folder of audio files, a saved dataset, Parquet/Arrow files, or a Hub dataset id")
+    parser.add_argument(
+        "input", help="a folder of audio files, a saved dataset, Parquet/Arrow files, or a Hub dataset id"
+    )
     parser.add_argument("--output-dir", required=True, help="where the shards and manifest.json go")
     parser.add_argument("--model", default=DEMO_NAME, help="a Hub id or local folder (default: the demo model)")
     parser.add_argument(

@@ -1,9 +1,9 @@
 """The objective metrics of the paper's table, for one reconstructed waveform against its reference.
 
 SI-SDR comes from torchmetrics, wideband PESQ from `pesq` (ITU-T P.862.2), STOI from `pystoi`; the mel and STFT
-distances follow the multi-scale definitions of DAC's evaluation (the codec papers' "mel distance" and "STFT distance"),
-on torch's STFT and transformers' Slaney mel filters. Every function takes two 1-D arrays of equal length and returns a
-float; bad input raises a `ValueError` naming the problem.
+distances follow the multi-scale definitions of DAC's evaluation (the codec papers' "mel distance" and "STFT
+distance"), on torch's STFT and transformers' Slaney mel filters. Every function takes two 1-D arrays of equal
+length and returns a float; bad input raises a `ValueError` naming the problem.
 """
 
 import numbers

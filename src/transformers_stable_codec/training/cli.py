@@ -11,13 +11,27 @@ from .config import ConfigError, load_config
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="stable-codec-train", description=__doc__)
     parser.add_argument("--config", required=True, help="YAML or JSON training configuration (see docs/training.md)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a configuration value, e.g. --set training.max_steps=2000 (repeatable)")
-    parser.add_argument("--model", help="initial weights (sets model.pretrained): a save_pretrained folder, Hub id or original layout")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a configuration value, e.g. --set training.max_steps=2000 (repeatable)",
+    )
+    parser.add_argument(
+        "--model", help="initial weights (sets model.pretrained): a save_pretrained folder, Hub id or original layout"
+    )
     parser.add_argument("--output_dir", help="sets training.output_dir")
-    parser.add_argument("--max_minutes", type=float, help="sets training.max_minutes: stop after this much wall-clock time")
-    parser.add_argument("--resume", metavar="CHECKPOINT", help="'latest' (newest under output_dir) or a checkpoint folder")
-    parser.add_argument("--export", metavar="FOLDER", help="where to save the final model (default: OUTPUT_DIR/export)")
+    parser.add_argument(
+        "--max_minutes", type=float, help="sets training.max_minutes: stop after this much wall-clock time"
+    )
+    parser.add_argument(
+        "--resume", metavar="CHECKPOINT", help="'latest' (newest under output_dir) or a checkpoint folder"
+    )
+    parser.add_argument(
+        "--export", metavar="FOLDER", help="where to save the final model (default: OUTPUT_DIR/export)"
+    )
     return parser.parse_args(argv)
 
 

@@ -104,7 +104,13 @@ LOSS_SECTIONS = {
     "spectral": {"config": None, "weights": {"mrstft"}, "decay": float},
     "mrmel": {"config": None, "weights": {"mrmel"}, "decay": float},
     "time": {"weights": {"l1", "l2"}, "decay": float},
-    "discriminator": {"type": str, "config": None, "weights": {"adversarial", "feature_matching"}, "warmup_steps": int, "warmup_mode": str},
+    "discriminator": {
+        "type": str,
+        "config": None,
+        "weights": {"adversarial", "feature_matching"},
+        "warmup_steps": int,
+        "warmup_mode": str,
+    },
     "ctc": {"blank_idx": int, "decay": float, "weights": {"ctc"}},
 }
 EVAL_SECTIONS = ("per", "stft", "mel", "sisdr")
@@ -162,7 +168,9 @@ def _check_loss_sections(training: TrainingSection) -> None:
             raise ConfigError(f"Unknown key(s) {unknown} in `training.loss_configs.{name}`; known: {sorted(schema)}.")
         weights = section.get("weights", {})
         if not isinstance(weights, dict) or set(weights) - schema["weights"]:
-            raise ConfigError(f"`training.loss_configs.{name}.weights` takes {sorted(schema['weights'])}, got {weights!r}.")
+            raise ConfigError(
+                f"`training.loss_configs.{name}.weights` takes {sorted(schema['weights'])}, got {weights!r}."
+            )
         for key, value in weights.items():
             if not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"`training.loss_configs.{name}.weights.{key}` must be a non-negative number.")
@@ -171,12 +179,16 @@ def _check_loss_sections(training: TrainingSection) -> None:
     discriminator = training.loss_configs.get("discriminator")
     if discriminator is not None:
         if discriminator.get("type", "encodec") != "encodec":
-            raise ConfigError("`training.loss_configs.discriminator.type` must be 'encodec' (the multi-scale STFT discriminator).")
+            raise ConfigError(
+                "`training.loss_configs.discriminator.type` must be 'encodec' (the multi-scale STFT discriminator)."
+            )
         if discriminator.get("warmup_mode", "adv") not in ("adv", "full"):
             raise ConfigError("`training.loss_configs.discriminator.warmup_mode` must be 'adv' or 'full'.")
     unknown = sorted(set(training.eval_loss_configs) - set(EVAL_SECTIONS))
     if unknown:
-        raise ConfigError(f"Unknown metric(s) {unknown} in `training.eval_loss_configs`; known: {list(EVAL_SECTIONS)}.")
+        raise ConfigError(
+            f"Unknown metric(s) {unknown} in `training.eval_loss_configs`; known: {list(EVAL_SECTIONS)}."
+        )
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -184,8 +196,18 @@ def validate(config: TrainConfig) -> TrainConfig:
     model, training, data = config.model, config.training, config.data
     _check_loss_sections(training)
     if training.mixed_precision not in ("no", "bf16", "fp16"):
-        raise ConfigError(f"`training.mixed_precision` must be 'no', 'bf16' or 'fp16', got {training.mixed_precision!r}.")
-    for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "log_every", "validate_every", "checkpoint_every", "keep_checkpoints"):
+        raise ConfigError(
+            f"`training.mixed_precision` must be 'no', 'bf16' or 'fp16', got {training.mixed_precision!r}."
+        )
+    for name in (
+        "batch_size",
+        "gradient_accumulation_steps",
+        "max_steps",
+        "log_every",
+        "validate_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+    ):
         if getattr(training, name) < 1:
             raise ConfigError(f"`training.{name}` must be at least 1.")
     if training.max_minutes is not None and training.max_minutes <= 0:
@@ -194,7 +216,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError("`training.ema.beta` must lie in (0, 1) and `training.ema.power` be positive.")
     unknown = sorted(set(training.optimizer_configs) - {"autoencoder", "discriminator"})
     if unknown:
-        raise ConfigError(f"Unknown optimizer(s) {unknown} in `training.optimizer_configs`: use 'autoencoder' or 'discriminator'.")
+        raise ConfigError(
+            f"Unknown optimizer(s) {unknown} in `training.optimizer_configs`: use 'autoencoder' or 'discriminator'."
+        )
     training.optimizer_configs = {
         name: _build(OptimizerConfig, training.optimizer_configs.get(name, {}), f"training.optimizer_configs.{name}")
         for name in ("autoencoder", "discriminator")
@@ -208,16 +232,22 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise ConfigError("`training.use_ctc` needs `training.loss_configs.ctc` (blank_idx, decay, weights.ctc).")
         if training.loss_configs["ctc"].get("blank_idx", BLANK_INDEX) != BLANK_INDEX:
             raise ConfigError(
-                f"`training.loss_configs.ctc.blank_idx` must be {BLANK_INDEX}: the phoneme inventory fills indices 0-79."
+                f"`training.loss_configs.ctc.blank_idx` must be {BLANK_INDEX}: the phoneme inventory fills indices "
+                "0-79."
             )
     elif "ctc" in training.loss_configs or "per" in training.eval_loss_configs:
-        raise ConfigError("`training.loss_configs.ctc` and `training.eval_loss_configs.per` need `training.use_ctc: true`.")
+        raise ConfigError(
+            "`training.loss_configs.ctc` and `training.eval_loss_configs.per` need `training.use_ctc: true`."
+        )
     if model.use_proj_head and model.proj_head_dim != NUM_CTC_CLASSES:
         raise ConfigError(
-            f"`model.proj_head_dim` must be {NUM_CTC_CLASSES} (80 phoneme symbols and the blank), got {model.proj_head_dim}."
+            f"`model.proj_head_dim` must be {NUM_CTC_CLASSES} (80 phoneme symbols and the blank), got "
+            f"{model.proj_head_dim}."
         )
     if model.use_proj_head and not training.use_ctc:
-        raise ConfigError("`model.use_proj_head` without `training.use_ctc` would train nothing: enable both or neither.")
+        raise ConfigError(
+            "`model.use_proj_head` without `training.use_ctc` would train nothing: enable both or neither."
+        )
     if not data.train:
         raise ConfigError("`data.train` must name a source: {type: hf, path: ...} or {type: shards, path: ...}.")
     if data.validation is None and (training.eval_loss_configs or training.validate_at_start):

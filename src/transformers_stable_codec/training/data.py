@@ -54,7 +54,9 @@ class RawClip:
 def decode_audio(data: bytes | str, name: str) -> tuple[np.ndarray, int]:
     """Mono float32 samples and the rate, from encoded bytes or a file path (soundfile)."""
     try:
-        audio, rate = soundfile.read(io.BytesIO(data) if isinstance(data, bytes) else data, dtype="float32", always_2d=True)
+        audio, rate = soundfile.read(
+            io.BytesIO(data) if isinstance(data, bytes) else data, dtype="float32", always_2d=True
+        )
     except Exception as error:  # soundfile raises several types for broken or unsupported files
         raise BadSample("unreadable audio", f"{name}: {error}") from None
     if audio.shape[0] == 0:
@@ -166,7 +168,9 @@ def source_from_config(spec: dict):
                 dataset = dataset[spec.get("split", "train")]
         else:
             dataset = datasets.load_dataset(spec["path"], spec.get("name"), split=spec.get("split", "train"))
-        return HFDatasetSource(dataset, spec.get("audio_column", "audio"), spec.get("transcript_column", "force_aligned_text"))
+        return HFDatasetSource(
+            dataset, spec.get("audio_column", "audio"), spec.get("transcript_column", "force_aligned_text")
+        )
     raise ValueError(f"Unknown data source type {kind!r}: use 'hf' (a datasets dataset) or 'shards' (tar shards).")
 
 
@@ -187,9 +191,15 @@ def parse_transcript(value, duration: float, name: str) -> list[tuple[str, float
     except (KeyError, TypeError, ValueError) as error:
         raise BadSample("malformed transcript", f"{name}: {error!r}") from None
     for word, start, end in words:
-        if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < start or end > duration + TIMING_TOLERANCE_SECONDS:
+        if (
+            not (math.isfinite(start) and math.isfinite(end))
+            or start < 0
+            or end < start
+            or end > duration + TIMING_TOLERANCE_SECONDS
+        ):
             raise BadSample(
-                "word timings outside the audio", f"{name}: {word!r} at {start:.3f}-{end:.3f} s in {duration:.3f} s of audio"
+                "word timings outside the audio",
+                f"{name}: {word!r} at {start:.3f}-{end:.3f} s in {duration:.3f} s of audio",
             )
     return words
 
@@ -302,7 +312,9 @@ class ForceAlignedAudioDataset(torch.utils.data.Dataset):
             return audio
         gain_draw, flip_draw = rng.random(), rng.random()
         if config.loudness_target is not None:
-            audio = self.normalize_loudness(audio, config.loudness_target + (2 * gain_draw - 1) * config.loudness_range)
+            audio = self.normalize_loudness(
+                audio, config.loudness_target + (2 * gain_draw - 1) * config.loudness_range
+            )
         if flip_draw < config.phase_flip_probability:
             audio = -audio
         return audio

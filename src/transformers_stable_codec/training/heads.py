@@ -40,7 +40,10 @@ class StableCodecCTCHead(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         config = {"latent_dim": self.latent_dim, "width": self.width, "num_classes": self.num_classes}
         (folder / HEAD_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}, folder / HEAD_WEIGHTS_NAME)
+        save_file(
+            {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()},
+            folder / HEAD_WEIGHTS_NAME,
+        )
 
     @classmethod
     def from_pretrained(cls, folder) -> "StableCodecCTCHead":

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+
 from ..metrics.functional import slaney_mel_filters
 
 
@@ -188,11 +189,15 @@ def generator_adversarial_losses(outputs, num_real: int) -> tuple[torch.Tensor, 
     return adversarial / len(outputs), matching / len(outputs)
 
 
-def ctc_loss(logits: torch.Tensor, frame_lengths: torch.Tensor, targets: list[torch.Tensor], blank: int) -> torch.Tensor:
+def ctc_loss(
+    logits: torch.Tensor, frame_lengths: torch.Tensor, targets: list[torch.Tensor], blank: int
+) -> torch.Tensor:
     """Mean CTC loss (per target length, as torch's 'mean'); infinite losses of impossible alignments become 0."""
     log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (frames, batch, classes)
     target_lengths = torch.tensor([len(target) for target in targets], dtype=torch.long)
-    flat_targets = torch.cat([target.long().cpu() for target in targets]) if targets else torch.zeros(0, dtype=torch.long)
+    flat_targets = (
+        torch.cat([target.long().cpu() for target in targets]) if targets else torch.zeros(0, dtype=torch.long)
+    )
     return F.ctc_loss(
         log_probs,
         flat_targets.to(logits.device),

@@ -67,7 +67,8 @@ def synthesize_word(word: str, voice: tuple[str, int, int], sampling_rate: int =
     try:
         wav = subprocess.run(
             ["espeak-ng", "-v", name, "-s", str(rate), "-p", str(pitch), "--stdout", word],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         ).stdout
     except FileNotFoundError:
         raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng).") from None
@@ -81,7 +82,9 @@ def synthesize_word(word: str, voice: tuple[str, int, int], sampling_rate: int =
     return audio[max(0, loud[0] - margin) : loud[-1] + margin + 1]
 
 
-def make_sentences(count: int, rng: np.random.Generator, exclude: set, min_words: int, max_words: int) -> list[tuple[str, ...]]:
+def make_sentences(
+    count: int, rng: np.random.Generator, exclude: set, min_words: int, max_words: int
+) -> list[tuple[str, ...]]:
     sentences = []
     while len(sentences) < count:
         length = int(rng.integers(min_words, max_words + 1))
@@ -92,7 +95,9 @@ def make_sentences(count: int, rng: np.random.Generator, exclude: set, min_words
     return sentences
 
 
-def assemble(words: tuple[str, ...], bank: dict, voice: int, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+def assemble(
+    words: tuple[str, ...], bank: dict, voice: int, rng: np.random.Generator
+) -> tuple[np.ndarray, list[dict]]:
     """Joins a voice's words with random pauses; returns the audio and the exact word timings (seconds)."""
     pieces, transcript, position = [], [], 0
 
@@ -107,15 +112,31 @@ def assemble(words: tuple[str, ...], bank: dict, voice: int, rng: np.random.Gene
         if index:
             pause(0.02, 0.15)
         audio = bank[word, voice]
-        transcript.append({"word": word, "start": round(position / SAMPLING_RATE, 5), "end": round((position + len(audio)) / SAMPLING_RATE, 5)})
+        transcript.append(
+            {
+                "word": word,
+                "start": round(position / SAMPLING_RATE, 5),
+                "end": round((position + len(audio)) / SAMPLING_RATE, 5),
+            }
+        )
         pieces.append(audio)
         position += len(audio)
     pause(0.05, 0.25)
     return np.concatenate(pieces), transcript
 
 
-def build_corpus(folder, train: int, validation: int, seed: int = 0, formats=("shards", "hf"), shard_size: int = 200,
-                 min_words: int = 3, max_words: int = 7, voices: int = len(VOICES), workers: int = 2) -> dict:
+def build_corpus(
+    folder,
+    train: int,
+    validation: int,
+    seed: int = 0,
+    formats=("shards", "hf"),
+    shard_size: int = 200,
+    min_words: int = 3,
+    max_words: int = 7,
+    voices: int = len(VOICES),
+    workers: int = 2,
+) -> dict:
     """Writes the corpus under `folder` (`train-*.tar`, `validation-*.tar`, and/or `hf/`); returns a summary."""
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,7 +146,14 @@ def build_corpus(folder, train: int, validation: int, seed: int = 0, formats=("s
     splits["train"] = make_sentences(train, rng, seen, min_words, max_words)
     speakers = {name: rng.integers(0, voices, size=len(sentences)) for name, sentences in splits.items()}
 
-    needed = sorted({(word, int(voice)) for name in splits for sentence, voice in zip(splits[name], speakers[name]) for word in sentence})
+    needed = sorted(
+        {
+            (word, int(voice))
+            for name in splits
+            for sentence, voice in zip(splits[name], speakers[name])
+            for word in sentence
+        }
+    )
     with ThreadPoolExecutor(workers) as pool:  # espeak-ng runs as subprocesses: threads suffice
         bank = dict(zip(needed, pool.map(lambda key: synthesize_word(key[0], VOICES[key[1]]), needed)))
 
@@ -136,7 +164,11 @@ def build_corpus(folder, train: int, validation: int, seed: int = 0, formats=("s
             audio, transcript = assemble(sentence, bank, int(voice), rng)
             buffer = io.BytesIO()
             soundfile.write(buffer, audio, SAMPLING_RATE, format="FLAC", subtype="PCM_16")
-            metadata = {"text": " ".join(sentence), "voice": VOICES[int(voice)][0], "force_aligned_text": {"transcript": transcript}}
+            metadata = {
+                "text": " ".join(sentence),
+                "voice": VOICES[int(voice)][0],
+                "force_aligned_text": {"transcript": transcript},
+            }
             rows.append((f"{name}_{index:06d}", buffer.getvalue(), metadata, len(audio)))
         if "shards" in formats:
             for shard, start in enumerate(range(0, len(rows), shard_size)):
@@ -149,11 +181,21 @@ def build_corpus(folder, train: int, validation: int, seed: int = 0, formats=("s
         if "hf" in formats:
             import datasets
 
-            features = datasets.Features({
-                "audio": datasets.Audio(sampling_rate=SAMPLING_RATE, decode=False),
-                "text": datasets.Value("string"),
-                "force_aligned_text": {"transcript": datasets.List({"word": datasets.Value("string"), "start": datasets.Value("float64"), "end": datasets.Value("float64")})},
-            })
+            features = datasets.Features(
+                {
+                    "audio": datasets.Audio(sampling_rate=SAMPLING_RATE, decode=False),
+                    "text": datasets.Value("string"),
+                    "force_aligned_text": {
+                        "transcript": datasets.List(
+                            {
+                                "word": datasets.Value("string"),
+                                "start": datasets.Value("float64"),
+                                "end": datasets.Value("float64"),
+                            }
+                        )
+                    },
+                }
+            )
             table = {
                 "audio": [{"bytes": flac, "path": f"{key}.flac"} for key, flac, _, _ in rows],
                 "text": [metadata["text"] for _, _, metadata, _ in rows],
@@ -178,8 +220,16 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="espeak-ng processes at once")
     args = parser.parse_args(argv)
     formats = ("shards", "hf") if args.format == "both" else (args.format,)
-    summary = build_corpus(args.folder, args.train, args.validation, args.seed, formats, min_words=args.min_words,
-                           max_words=args.max_words, workers=args.workers)
+    summary = build_corpus(
+        args.folder,
+        args.train,
+        args.validation,
+        args.seed,
+        formats,
+        min_words=args.min_words,
+        max_words=args.max_words,
+        workers=args.workers,
+    )
     print(json.dumps(summary, indent=2))
 
 

@@ -135,7 +135,9 @@ class StableCodecTrainer:
                 num_steps=training.gradient_accumulation_steps, sync_with_dataloader=False
             ),
             log_with=training.trackers or None,
-            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
+            ),
             step_scheduler_with_optimizer=False,
         )
         set_seed(training.seed)
@@ -151,7 +153,9 @@ class StableCodecTrainer:
             if model_section.proj_head_pretrained:
                 head = StableCodecCTCHead.from_pretrained(model_section.proj_head_pretrained)
             else:
-                head = StableCodecCTCHead(codec.config.latent_dim, model_section.proj_head_width, model_section.proj_head_dim)
+                head = StableCodecCTCHead(
+                    codec.config.latent_dim, model_section.proj_head_width, model_section.proj_head_dim
+                )
         model = StableCodecForCTCTraining(codec, head, detach_head=model_section.detach_proj_head)
         model.train()
 
@@ -160,22 +164,32 @@ class StableCodecTrainer:
         self.terms = []  # (name, weight, decay) of the autoencoder's loss terms
         self.mrstft = self.mrmel = None
         if losses.get("spectral", {}).get("weights", {}).get("mrstft", 0) > 0:
-            self.mrstft = _from_section(MultiResolutionSTFTLoss, "loss_configs.spectral.config", **losses["spectral"].get("config", {}))
-            self.terms.append(("mrstft_loss", losses["spectral"]["weights"]["mrstft"], losses["spectral"].get("decay", 1.0)))
+            self.mrstft = _from_section(
+                MultiResolutionSTFTLoss, "loss_configs.spectral.config", **losses["spectral"].get("config", {})
+            )
+            self.terms.append(
+                ("mrstft_loss", losses["spectral"]["weights"]["mrstft"], losses["spectral"].get("decay", 1.0))
+            )
         if losses.get("mrmel", {}).get("weights", {}).get("mrmel", 0) > 0:
-            self.mrmel = _from_section(MultiResolutionMelLoss, "loss_configs.mrmel.config", sampling_rate, **losses["mrmel"].get("config", {}))
+            self.mrmel = _from_section(
+                MultiResolutionMelLoss, "loss_configs.mrmel.config", sampling_rate, **losses["mrmel"].get("config", {})
+            )
             self.terms.append(("mrmel_loss", losses["mrmel"]["weights"]["mrmel"], losses["mrmel"].get("decay", 1.0)))
         for kind in ("l1", "l2"):
             weight = losses.get("time", {}).get("weights", {}).get(kind, 0)
             if weight > 0:
                 self.terms.append((f"{kind}_time_loss", weight, losses["time"].get("decay", 1.0)))
         if training.use_ctc:
-            self.terms.append(("ctc_loss", losses["ctc"].get("weights", {}).get("ctc", 1.0), losses["ctc"].get("decay", 1.0)))
+            self.terms.append(
+                ("ctc_loss", losses["ctc"].get("weights", {}).get("ctc", 1.0), losses["ctc"].get("decay", 1.0))
+            )
 
         discriminator = None
         self.disc_section = losses.get("discriminator")
         if self.disc_section is not None:
-            discriminator = _from_section(MultiScaleSTFTDiscriminator, "loss_configs.discriminator.config", **self.disc_section.get("config", {}))
+            discriminator = _from_section(
+                MultiScaleSTFTDiscriminator, "loss_configs.discriminator.config", **self.disc_section.get("config", {})
+            )
             weights = self.disc_section.get("weights", {})
             self.terms.append(("loss_adv", weights.get("adversarial", 0.1), 1.0))
             self.terms.append(("feature_matching_loss", weights.get("feature_matching", 5.0), 1.0))
@@ -213,9 +227,13 @@ class StableCodecTrainer:
         if section.pretrained:
             if section.config:
                 raise ConfigError("Give either `model.pretrained` or `model.config` (a model from scratch), not both.")
-            codec = StableCodecModel.from_pretrained(section.pretrained, attn_implementation=section.attn_implementation)
+            codec = StableCodecModel.from_pretrained(
+                section.pretrained, attn_implementation=section.attn_implementation
+            )
         else:
-            codec = StableCodecModel(StableCodecConfig(**section.config, attn_implementation=section.attn_implementation))
+            codec = StableCodecModel(
+                StableCodecConfig(**section.config, attn_implementation=section.attn_implementation)
+            )
         if section.gradient_checkpointing:
             enable_activation_checkpointing(codec)
         return codec
@@ -223,13 +241,21 @@ class StableCodecTrainer:
     @staticmethod
     def _optimizer(parameters, settings) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
-            parameters, lr=settings.lr, betas=tuple(settings.betas), weight_decay=settings.weight_decay, eps=settings.eps
+            parameters,
+            lr=settings.lr,
+            betas=tuple(settings.betas),
+            weight_decay=settings.weight_decay,
+            eps=settings.eps,
         )
 
     def _scheduler(self, optimizer):
         """Steps once per optimizer step of its model; the horizon is that model's share of `max_steps`."""
         training = self.config.training
-        share = training.max_steps if self.config.training.loss_configs.get("discriminator") is None else training.max_steps // 2
+        share = (
+            training.max_steps
+            if self.config.training.loss_configs.get("discriminator") is None
+            else training.max_steps // 2
+        )
         return get_scheduler(
             training.scheduler.name,
             optimizer,
@@ -242,7 +268,9 @@ class StableCodecTrainer:
         augmentation = None
         if training:
             target, spread = data.volume_norm_param
-            augmentation = AugmentationConfig(target if data.volume_norm else None, spread, data.phase_flip_probability)
+            augmentation = AugmentationConfig(
+                target if data.volume_norm else None, spread, data.phase_flip_probability
+            )
         return ForceAlignedAudioDataset(
             source_from_config(spec),
             sampling_rate,
@@ -258,7 +286,8 @@ class StableCodecTrainer:
         batch_size, processes = self.config.training.batch_size, self.accelerator.num_processes
         if len(dataset) < batch_size * processes:
             raise ValueError(
-                f"The training data has {len(dataset)} clips: fewer than one batch ({batch_size}) per process ({processes})."
+                f"The training data has {len(dataset)} clips: fewer than one batch ({batch_size}) per process "
+                f"({processes})."
             )
         return torch.utils.data.DataLoader(
             dataset,
@@ -292,9 +321,13 @@ class StableCodecTrainer:
     def _eval_metrics(self, sections: dict, sampling_rate: int) -> dict:
         device, metrics = self.accelerator.device, {}
         if "stft" in sections:
-            metrics["stft"] = _from_section(MultiResolutionSTFTLoss, "eval_loss_configs.stft", **sections["stft"]).to(device)
+            metrics["stft"] = _from_section(MultiResolutionSTFTLoss, "eval_loss_configs.stft", **sections["stft"]).to(
+                device
+            )
         if "mel" in sections:
-            metrics["mel"] = _from_section(MultiResolutionMelLoss, "eval_loss_configs.mel", sampling_rate, **sections["mel"]).to(device)
+            metrics["mel"] = _from_section(
+                MultiResolutionMelLoss, "eval_loss_configs.mel", sampling_rate, **sections["mel"]
+            ).to(device)
         for name in ("sisdr", "per"):
             if name in sections:
                 if sections[name]:
@@ -414,7 +447,9 @@ class StableCodecTrainer:
         batches = self._train_batches()
         models = [self.model] + ([self.discriminator] if self.discriminator is not None else [])
         sums, counts = {}, {}
-        bar = tqdm(total=training.max_steps, initial=progress.step, disable=not accelerator.is_main_process, desc="training")
+        bar = tqdm(
+            total=training.max_steps, initial=progress.step, disable=not accelerator.is_main_process, desc="training"
+        )
         started = last_log_time = time.monotonic()
         samples_since_log = 0
         per_step_samples = training.batch_size * training.gradient_accumulation_steps * accelerator.num_processes
@@ -423,7 +458,11 @@ class StableCodecTrainer:
             for _ in range(training.gradient_accumulation_steps):
                 batch = next(batches)
                 with accelerator.accumulate(*models):
-                    step_values = self._discriminator_micro_step(batch) if discriminator_turn else self._generator_micro_step(batch)
+                    step_values = (
+                        self._discriminator_micro_step(batch)
+                        if discriminator_turn
+                        else self._generator_micro_step(batch)
+                    )
                 for name, value in step_values.items():
                     sums[name] = sums.get(name, 0.0) + value.detach().float()
                     counts[name] = counts.get(name, 0) + 1
@@ -437,7 +476,9 @@ class StableCodecTrainer:
 
             out_of_time = training.max_minutes is not None and time.monotonic() - started > 60 * training.max_minutes
             if accelerator.num_processes > 1:  # every process stops at the same step
-                out_of_time = bool(accelerator.reduce(torch.tensor(float(out_of_time), device=accelerator.device), "max"))
+                out_of_time = bool(
+                    accelerator.reduce(torch.tensor(float(out_of_time), device=accelerator.device), "max")
+                )
             finished = out_of_time or progress.step >= training.max_steps
             if progress.step % training.log_every == 0 or finished:
                 now = time.monotonic()
@@ -447,7 +488,9 @@ class StableCodecTrainer:
                 metrics["train/gen_lr"] = self.gen_scheduler.get_last_lr()[0]
                 metrics["data/skipped_clips"] = float(self._count_skips())
                 self._log(metrics)
-                bar.set_postfix({key.split("/")[-1]: f"{value:.3g}" for key, value in metrics.items() if "loss" in key})
+                bar.set_postfix(
+                    {key.split("/")[-1]: f"{value:.3g}" for key, value in metrics.items() if "loss" in key}
+                )
                 sums, counts, samples_since_log, last_log_time = {}, {}, 0, now
             if self.validation_loader is not None and (progress.step % training.validate_every == 0 or finished):
                 self.validate()
@@ -464,7 +507,9 @@ class StableCodecTrainer:
         counts = self.accelerator.reduce(torch.tensor(self.skipped, device=self.accelerator.device), "sum")
         total = int(counts.sum())
         if total > self.skips_reported:
-            summary = ", ".join(f"{reason}: {int(count)}" for reason, count in zip(SKIP_REASONS, counts.tolist()) if count)
+            summary = ", ".join(
+                f"{reason}: {int(count)}" for reason, count in zip(SKIP_REASONS, counts.tolist()) if count
+            )
             logger.warning(
                 f"Skipped {total} unusable clip(s) so far ({summary}); e.g. {getattr(self, 'last_skip_example', '?')}",
                 main_process_only=True,
@@ -486,7 +531,9 @@ class StableCodecTrainer:
         """Metrics of the EMA weights (the live ones without EMA) on the validation clips, whole, over all
         processes: `per` (phone error rate of greedy CTC decoding), `stft`, `mel`, `sisdr`, and the `ctc_loss`."""
         accelerator = self.accelerator
-        sums = torch.zeros(6, dtype=torch.float64, device=accelerator.device)  # per errors, phonemes, stft, mel, sisdr, clips
+        sums = torch.zeros(
+            6, dtype=torch.float64, device=accelerator.device
+        )  # per errors, phonemes, stft, mel, sisdr, clips
         ctc_sum = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
         self.model.eval()
         with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
@@ -504,7 +551,10 @@ class StableCodecTrainer:
                     if not keep:
                         continue
                     length = int(mask[row].sum())
-                    real, fake = audio[row : row + 1, :, :length], output.audio_values[row : row + 1, :, :length].float()
+                    real, fake = (
+                        audio[row : row + 1, :, :length],
+                        output.audio_values[row : row + 1, :, :length].float(),
+                    )
                     if "stft" in self.eval_metrics:
                         sums[2] += float(self.eval_metrics["stft"](fake, real))
                     if "mel" in self.eval_metrics:
@@ -517,7 +567,12 @@ class StableCodecTrainer:
                         errors, total = phone_errors([predictions[row]], [target])
                         sums[0] += errors
                         sums[1] += total
-                        loss = ctc_loss(logits[row : row + 1, : int(frames[row])], frames[row : row + 1], [batch["phonemes"][row]], BLANK_INDEX)
+                        loss = ctc_loss(
+                            logits[row : row + 1, : int(frames[row])],
+                            frames[row : row + 1],
+                            [batch["phonemes"][row]],
+                            BLANK_INDEX,
+                        )
                         ctc_sum += torch.tensor([float(loss), 1.0], dtype=torch.float64, device=accelerator.device)
         self.model.train()
         sums = accelerator.reduce(sums, reduction="sum")
@@ -560,7 +615,9 @@ class StableCodecTrainer:
         accelerator.save_state(str(partial))
         own = {"ema": self.ema.state_dict() if self.ema is not None else None, "skipped": self.skipped}
         torch.save(own, partial / f"process_{accelerator.process_index}.pt")
-        (partial / "history.json").write_text(json.dumps(self.validation_history)) if accelerator.is_main_process else None
+        (partial / "history.json").write_text(
+            json.dumps(self.validation_history)
+        ) if accelerator.is_main_process else None
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             if final.exists():
@@ -595,14 +652,20 @@ class StableCodecTrainer:
             state = {name: tensor.detach().to("cpu", copy=True) for name, tensor in (state or {}).items()}
         if self.accelerator.is_main_process:
             codec = StableCodecModel(self.codec_config)
-            codec.load_state_dict({key[len("codec.") :]: value for key, value in state.items() if key.startswith("codec.")})
+            codec.load_state_dict(
+                {key[len("codec.") :]: value for key, value in state.items() if key.startswith("codec.")}
+            )
             codec.eval().save_pretrained(folder)
             head = self.accelerator.unwrap_model(self.model).head
             if head is not None:
                 exported = StableCodecCTCHead(head.latent_dim, head.width, head.num_classes)
-                exported.load_state_dict({key[len("head.") :]: value for key, value in state.items() if key.startswith("head.")})
+                exported.load_state_dict(
+                    {key[len("head.") :]: value for key, value in state.items() if key.startswith("head.")}
+                )
                 exported.save_pretrained(folder)
-            (folder / "training_config.json").write_text(json.dumps(self.config.to_dict(), indent=2, default=str) + "\n")
+            (folder / "training_config.json").write_text(
+                json.dumps(self.config.to_dict(), indent=2, default=str) + "\n"
+            )
             (folder / "validation_history.json").write_text(json.dumps(self.validation_history, indent=2) + "\n")
         self.accelerator.wait_for_everyone()
         return folder

@@ -5,10 +5,10 @@ import evaluate
 from transformers_stable_codec.metrics import functional, module
 
 
-_DESCRIPTION = """Scale-invariant signal-to-distortion ratio in dB: the energy of the reference's scaled projection over
-the energy of the rest, after removing each signal's mean. Insensitive to the gain of the prediction. Higher is better:
-identical signals score over 100 dB (the limit is floating-point precision), white noise at 20 dB SNR scores about 20
-dB."""
+_DESCRIPTION = """Scale-invariant signal-to-distortion ratio in dB: the energy of the reference's scaled projection
+over the energy of the rest, after removing each signal's mean. Insensitive to the gain of the prediction. Higher is
+better: identical signals score over 100 dB (the limit is floating-point precision), white noise at 20 dB SNR scores
+about 20 dB."""
 
 _CITATION = """@inproceedings{le2019sdr,
   title={{SDR} -- half-baked or well done?},

@@ -7,8 +7,8 @@ from transformers_stable_codec.metrics import functional, module
 
 
 _DESCRIPTION = """Multi-scale STFT distance, as in DAC's evaluation: for Hann windows of 2048 and 512 samples (hop a
-quarter window), the mean absolute difference of log10 power spectra (magnitudes clamped at 1e-5) plus the mean absolute
-difference of magnitudes, summed over the two scales. 0 for identical signals; lower is better."""
+quarter window), the mean absolute difference of log10 power spectra (magnitudes clamped at 1e-5) plus the mean
+absolute difference of magnitudes, summed over the two scales. 0 for identical signals; lower is better."""
 
 
 class StftDistance(evaluate.Metric):

@@ -1,4 +1,5 @@
-"""Wideband PESQ as an `evaluate` metric: `evaluate.load(transformers_stable_codec.metrics.metric_path("wideband_pesq"))`."""
+"""Wideband PESQ as an `evaluate` metric:
+`evaluate.load(transformers_stable_codec.metrics.metric_path("wideband_pesq"))`."""
 
 import evaluate
 
