@@ -24,17 +24,22 @@ def gpu_model(implementation: str, dtype=torch.float32, **overrides) -> StableCo
     return model.to("cuda", dtype)
 
 
+def padded_clips(lengths: list[int]):
+    """Speech clips of these lengths on the GPU, and the same as one zero-padded batch with its padding mask."""
+    clips = [speechlike(1, length / 16000, seed=index)[..., :length].cuda() for index, length in enumerate(lengths)]
+    batch = torch.zeros(len(clips), 1, max(lengths), device="cuda")
+    padding_mask = torch.zeros(len(clips), max(lengths), dtype=torch.long, device="cuda")
+    for index, clip in enumerate(clips):
+        batch[index, :, : clip.shape[-1]] = clip
+        padding_mask[index, : clip.shape[-1]] = 1
+    return clips, batch, padding_mask
+
+
 @pytest.mark.parametrize("implementation", BACKENDS)
 def test_padded_batch_equals_clips_alone_on_gpu(implementation, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     model = gpu_model(implementation)
-    lengths = [32000, 17000, 9000]
-    clips = [speechlike(1, length / 16000, seed=index)[..., :length].cuda() for index, length in enumerate(lengths)]
-    batch = torch.zeros(3, 1, max(lengths), device="cuda")
-    padding_mask = torch.zeros(3, max(lengths), dtype=torch.long, device="cuda")
-    for index, clip in enumerate(clips):
-        batch[index, :, : clip.shape[-1]] = clip
-        padding_mask[index, : clip.shape[-1]] = 1
+    clips, batch, padding_mask = padded_clips([32000, 17000, 9000])
     with torch.no_grad():
         batched = model.encode(batch, padding_mask=padding_mask)
         for index, clip in enumerate(clips):
@@ -53,13 +58,7 @@ def test_flash_attention_padded_batch_equals_clips_alone_and_sdpa(implementation
     if not getattr(transformers.utils, f"is_flash_attn_{version}_available")():
         pytest.skip(f"FlashAttention {version} is not installed on this GPU machine (scripts/carry_flash_attn_4.sh)")
     model = gpu_model("sdpa", dtype=torch.bfloat16, attention_window_left=5, attention_window_right=9)
-    lengths = [32000, 17000, 9000]
-    clips = [speechlike(1, length / 16000, seed=index)[..., :length].cuda() for index, length in enumerate(lengths)]
-    batch = torch.zeros(3, 1, max(lengths), device="cuda")
-    padding_mask = torch.zeros(3, max(lengths), dtype=torch.long, device="cuda")
-    for index, clip in enumerate(clips):
-        batch[index, :, : clip.shape[-1]] = clip
-        padding_mask[index, : clip.shape[-1]] = 1
+    clips, batch, padding_mask = padded_clips([32000, 17000, 9000])
     with torch.no_grad():
         exact = model.encode(batch, padding_mask=padding_mask).latents.float()
         model.set_attn_implementation(implementation)
