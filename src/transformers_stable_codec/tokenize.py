@@ -397,7 +397,9 @@ def run(args) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
         for leftover in output_dir.rglob(".*.tmp"):  # half-written files of a killed run
             leftover.unlink()
-        (output_dir / RUN_FILE).write_text(json.dumps({**run_settings, **model_info}, indent=2) + "\n")
+        settings = json.dumps({**run_settings, **model_info}, indent=2) + "\n"
+        # Atomically: the other processes may be reading an earlier run's file in check_run.
+        write_atomically(output_dir / RUN_FILE, lambda path: path.write_text(settings))
     accelerator.wait_for_everyone()
 
     # This process's share, cut into windows; windows whose shard exists are done (an earlier, killed run).
