@@ -200,23 +200,47 @@ def _fast_fft_size(minimum: int) -> int:
     return best
 
 
+# Long signals are filtered in blocks of this many samples (overlap-add), a group of blocks at a time: the work
+# stays one batched FFT per group, while memory and the cached filter responses stay bounded by the block size.
+_BLOCK = 1 << 16
+_BLOCKS_PER_GROUP = 64
+
+
+def _filter(signal: torch.Tensor, response: torch.Tensor, size: int) -> torch.Tensor:
+    """Linear convolution of (batch, time) `signal` with the impulse response whose `size`-point spectrum is
+    `response` (it must have decayed within `size - _BLOCK` samples): overlap-add of `_BLOCK`-sample blocks. The
+    output has the input's length (the filters are causal)."""
+    batch, length = signal.shape
+    blocks = -(-length // _BLOCK)
+    signal = torch.nn.functional.pad(signal, (0, blocks * _BLOCK - length)).view(batch, blocks, _BLOCK)
+    output = signal.new_zeros(batch, blocks * _BLOCK + size)
+    for first in range(0, blocks, _BLOCKS_PER_GROUP):
+        group = signal[:, first : first + _BLOCKS_PER_GROUP]
+        filtered = torch.fft.irfft(torch.fft.rfft(group, n=size) * response, n=size)  # (batch, blocks, size)
+        # Each block's output starts at its block and runs `size - _BLOCK` samples into the next ones.
+        start = first * _BLOCK
+        count = group.shape[1]
+        for offset in range(0, size, _BLOCK):
+            piece = filtered[..., offset : offset + _BLOCK]
+            width = piece.shape[-1]
+            region = output[:, start + offset : start + offset + count * _BLOCK].view(batch, count, _BLOCK)
+            region[..., :width] += piece
+    return output[:, :length]
+
+
 def k_weight(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """BS.1770 K-weighting of (batch, time) float signals, float64 out, each stage's output clamped to [-1, 1] as
     torchaudio's `lfilter` clamps it. Both recursive filters run as FFT convolutions with their impulse responses,
-    zero-padded well past where those have decayed (to 1e-20), which batches and runs on GPUs, unlike a loop."""
+    taken well past where those have decayed (to 1e-20), which batches and runs on GPUs, unlike a loop."""
     signal = waveform.double()
-    length = signal.shape[-1]
     tail = max(_impulse_response_length(a) for _, a in _k_weighting_coefficients(sample_rate, signal.device))
-    size = _fast_fft_size(length + tail)
+    size = _fast_fft_size(_BLOCK + tail)
     shelf, k_weighting = _k_weighting_responses(sample_rate, size, signal.device)
-    spectrum = torch.fft.rfft(signal, n=size)
     if float(signal.abs().max()) * _shelf_peak_gain(sample_rate, signal.device) > 1.0:
         # The clamp after the shelf may act: apply the stages one by one, clamping in between.
-        shelved = torch.fft.irfft(spectrum * shelf, n=size)[..., :length].clamp(-1.0, 1.0)
-        spectrum = torch.fft.rfft(shelved, n=size) * (k_weighting / shelf)
-    else:
-        spectrum = spectrum * k_weighting
-    return torch.fft.irfft(spectrum, n=size)[..., :length].clamp(-1.0, 1.0)
+        shelved = _filter(signal, shelf, size).clamp(-1.0, 1.0)
+        return _filter(shelved, k_weighting / shelf, size).clamp(-1.0, 1.0)
+    return _filter(signal, k_weighting, size).clamp(-1.0, 1.0)
 
 
 def integrated_loudness(waveform: torch.Tensor, sample_rate: int, lengths=None) -> torch.Tensor:
