@@ -4,6 +4,7 @@
     stable-codec decode codes/ --output-dir decoded/                 # codes files -> <name>.wav (16 kHz)
     stable-codec reconstruct speech.wav --output-dir out/            # encode + decode; prints bitrate and metrics
     stable-codec evaluate corpus/ --csv metrics.csv --json metrics.json
+    stable-codec tokenize corpus/ --output-dir tokens/               # a corpus -> Parquet shards (docs/tokenize.md)
 
 Audio inputs are files or folders (searched recursively for .wav, .flac, .ogg, .mp3, .aiff, .au), at any sampling rate
 and channel count: the feature extractor resamples, mixes down and normalizes loudness as the original does. A codes
