@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from transformers_stable_codec import StableCodecFeatureExtractor, StableCodecModel, cli
+from transformers_stable_codec import StableCodecFeatureExtractor, StableCodecModel, cli, command_support
 from transformers_stable_codec.metrics import functional
 
 from .conftest import randomize_, synthesize_speech, tiny_config
@@ -156,7 +156,7 @@ def test_chunked_coding_gives_the_same_files(tmp_path, speech_files, tiny_model_
 def test_reconstruct_prints_bitrate_and_metrics(tmp_path, speech_files):
     source = speech_files[1]
     result = run_cli("reconstruct", source, "-o", tmp_path)  # the default model: the shipped demo model
-    model = StableCodecModel.from_pretrained(cli.DEFAULT_MODEL).eval()
+    model = StableCodecModel.from_pretrained(command_support.DEFAULT_MODEL).eval()
     reference = model_input(source)
     with torch.no_grad():
         codes = model.encode(reference, posthoc_bottleneck="2x15625_700bps").audio_codes

@@ -13,7 +13,7 @@ import soundfile
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from transformers_stable_codec import cli
+from transformers_stable_codec import cli, command_support
 
 from . import test_cli
 from .test_cli import run_cli
@@ -166,7 +166,7 @@ def test_codes_name_the_model_portably_and_decoding_checks_its_weights(tmp_path,
     run_cli("encode", source, "-o", tmp_path / "codes")  # the demo model
     codes_path = tmp_path / "codes" / "birch.codes.safetensors"
     metadata, codes = codes_metadata(codes_path)
-    demo_weights = (cli.DEFAULT_MODEL / "model.safetensors").read_bytes()
+    demo_weights = (command_support.DEFAULT_MODEL / "model.safetensors").read_bytes()
     assert metadata["model"] == "demo" and metadata["model_sha256"] == hashlib.sha256(demo_weights).hexdigest()
 
     other = run_cli("decode", codes_path, "--model", tiny_model_dir, "-o", tmp_path / "a", expect_success=False)

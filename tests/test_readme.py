@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from transformers_stable_codec import cli
+from transformers_stable_codec import command_support
 
 
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ def test_the_readme_python_blocks_run_on_the_demo_model():
     # The names the README leaves to the reader: where the model is, and two clips of raw audio.
     generator = np.random.default_rng(0)
     namespace = {
-        "path": str(cli.DEFAULT_MODEL),
+        "path": str(command_support.DEFAULT_MODEL),
         "clip_44k_stereo": (0.1 * generator.standard_normal((2, 44100 * 2))).astype(np.float32),
         "clip_22k_mono": (0.1 * generator.standard_normal(22050)).astype(np.float32),
     }

@@ -619,7 +619,7 @@ def test_the_shipped_demo_model_is_the_default_and_says_what_it_is():
     import pathlib
 
     from transformers_stable_codec import StableCodecModel
-    from transformers_stable_codec.cli import DEFAULT_MODEL, default_model
+    from transformers_stable_codec.command_support import DEFAULT_MODEL, default_model
 
     folder = pathlib.Path(default_model())
     assert folder == DEFAULT_MODEL and folder.parent.name == "transformers_stable_codec"

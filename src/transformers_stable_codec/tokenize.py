@@ -27,10 +27,12 @@ import numpy as np
 import soundfile
 import torch
 
-from .cli import (
+from .command_support import (
     ATTENTION,
+    AUDIO_SUFFIXES,
     BOTTLENECKS,
     DEMO_NAME,
+    DTYPES,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -40,11 +42,10 @@ from .cli import (
     read_audio,
     resolve_model,
     weights_sha256,
+    write_atomically,
 )
 
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RUN_FILE, MANIFEST_FILE = "run.json", "manifest.json"
 
 
@@ -259,13 +260,6 @@ def shard_name(rank: int, world_size: int, window: int) -> str:
     return f"train-{rank:05d}-of-{world_size:05d}-window-{window:06d}"
 
 
-def write_atomically(path: pathlib.Path, write) -> None:
-    """`write(temporary_path)`, then a rename: a file that exists is complete."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def journal_path(output_dir: pathlib.Path, name: str) -> pathlib.Path:
     # Not named train-*: `load_dataset` would take it for a shard.
     return output_dir / "windows" / f"{name.removeprefix('train-')}.json"
@@ -395,7 +389,7 @@ def run(args) -> dict:
     tokenizer = Tokenizer(model, extractor, bottleneck_argument(args.bottleneck), args.bucket_seconds, args.compile)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in output_dir.rglob(".*.tmp"):  # half-written files of a killed run
+        for leftover in output_dir.rglob(".*.partial"):  # half-written files of a killed run
             leftover.unlink()
         settings = json.dumps({**run_settings, **model_info}, indent=2) + "\n"
         # Atomically: the other processes may be reading an earlier run's file in check_run.
