@@ -192,3 +192,12 @@ def test_a_datasets_corpus_gives_the_rows_of_its_files(one_process, corpus, mode
     result = tokenize(tmp_path / "dataset", tmp_path / "tokens", model_dir, "--id-column", "path")
     assert result.returncode == 0, result.stdout + result.stderr
     assert rows_by_id(tmp_path / "tokens") == {name: row for name, row in rows_by_id(one_process).items()}
+
+
+def test_a_missing_extra_is_named_with_the_install_command(corpus, model_dir, tmp_path, monkeypatch, capsys):
+    from transformers_stable_codec import tokenize as corpus_tokenizer
+
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # as if it were not installed: importing it fails
+    status = corpus_tokenizer.main([str(corpus), "--output-dir", str(tmp_path / "out"), "--model", str(model_dir)])
+    assert status == 2 and "transformers-stable-codec[tokenize]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

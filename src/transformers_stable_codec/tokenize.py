@@ -517,9 +517,21 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def require_extras() -> None:
+    """Accelerate, datasets and pyarrow are an extra: say how to get them rather than fail on an import."""
+    for module in ("accelerate", "datasets", "pyarrow"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise TokenizeError(
+                f"the corpus tokenizer needs {module}: pip install 'transformers-stable-codec[tokenize]'."
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        require_extras()
         manifest = run(args)
     except TokenizeError as error:
         print(f"stable-codec tokenize: error: {error}", file=sys.stderr)
