@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo model's second training run, on the GPU machine, in two calls on one warm machine: `start` synthesizes a
-# larger espeak-ng corpus ON the device (88 speakers: English accents x voice variants; 8 more held out), then
+# larger espeak-ng corpus ON the device (88 speakers: English accents x voice variants; 8 more are held out for
+# scripts/evaluate_demo.py), then
 # continues the shipped demo model (weights and CTC head) with the discriminator on; `resume` continues that run
 # exactly from its last checkpoint. Both export the EMA model, so a lost second call still leaves a model.
 #
@@ -59,7 +60,8 @@ fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "$MODE" = start ]; then
-    # The batch and corpus size are fixed at the start; `resume` must rebuild the very same run.
+    # Seed 0 and 3-7 words, as every demo corpus: the validation sentences come first, so the 64 that
+    # scripts/evaluate_demo.py speaks are among them, and no training sentence repeats one.
     if [ ! -f "$CORPUS/corpus.json" ]; then
         if [ -x .whl/espeak/espeak-ng ]; then
             export PATH="$PWD/.whl/espeak:$PATH"
@@ -72,13 +74,13 @@ if [ "$MODE" = start ]; then
         fi
         rm -rf "$CORPUS.partial"
         "$PYTHON" -m transformers_stable_codec.training.synthetic_corpus "$CORPUS.partial" --speakers many \
-            --train "$SENTENCES" --validation 96 --heldout_voices 96 --min_words 3 --max_words 10 --format shards \
+            --train "$SENTENCES" --validation 96 --format shards \
             --workers "$WORKERS" >/dev/null
         mv "$CORPUS.partial" "$CORPUS"
     fi
     echo "corpus ready after $(($(date +%s) - started)) s: $(du -sh "$CORPUS" | cut -f1)"
     rm -rf "$RUN" && mkdir -p "$RUN"
-    echo "BATCH=$BATCH" >"$RUN/start_options"
+    echo "BATCH=$BATCH" >"$RUN/start_options"  # `resume` must rebuild the very same run
 else
     if [ ! -f "$RUN/start_options" ] || ! ls -d "$RUN"/checkpoints/step_* >/dev/null 2>&1; then
         echo "no run to resume in $RUN (the machine was handed back after the start call?): run 'start' again" >&2

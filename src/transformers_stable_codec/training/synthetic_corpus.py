@@ -8,7 +8,7 @@ The corpus is written as WebDataset-style tar shards (`KEY.flac` + `KEY.json` ho
 
     python -m transformers_stable_codec.training.synthetic_corpus outputs/demo_corpus --train 800 --validation 64
     python -m transformers_stable_codec.training.synthetic_corpus outputs/demo_corpus2 --speakers many \\
-        --train 8000 --validation 96 --heldout_voices 96 --workers 16
+        --train 8000 --validation 96 --workers 16
 """
 
 import argparse
@@ -62,7 +62,7 @@ VOICES = [
 
 # The larger speaker set of the demo's second run: espeak-ng's English accents crossed with its voice variants (the
 # robotic, whispering and croaking variants left out), each speaker with its own rate and pitch. The held-out variants
-# never occur in training: `heldout_voices` sentences measure how the model does on voices it never heard.
+# occur in no corpus: scripts/evaluate_demo.py measures with them how a model does on voices it never heard.
 ACCENTS = ["en", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-gb-x-rp", "en-029", "en-us-nyc"]
 TRAIN_VARIANTS = """
 m1 m2 m3 m4 m6 m7 m8 f1 f2 f3 f4 klatt klatt2 klatt3 klatt6 Alex Andy adam anika aunty belinda benjamin boris caleb
@@ -86,7 +86,7 @@ def many_speakers() -> tuple[list[tuple[str, int, int]], list[tuple[str, int, in
     return train, heldout
 
 
-SPEAKER_SETS = {"demo8": lambda: (list(VOICES), []), "many": many_speakers}
+SPEAKER_SETS = {"demo8": lambda: list(VOICES), "many": lambda: many_speakers()[0]}
 
 SAMPLING_RATE = 16000
 
@@ -169,14 +169,9 @@ def build_corpus(
     max_words: int = 7,
     voices: list[tuple[str, int, int]] = tuple(VOICES),
     workers: int = 2,
-    heldout_voices: list[tuple[str, int, int]] = (),
-    heldout: int = 0,
 ) -> dict:
     """Writes the corpus under `folder` (`train-*.tar`, `validation-*.tar`, and/or `hf/`); returns a summary.
-    `voices` speak the training and validation sentences; with `heldout` > 0, that many further new sentences spoken
-    by `heldout_voices` (speakers absent from training) form the split `heldout_voices`."""
-    if heldout and not heldout_voices:
-        raise ValueError("`heldout` sentences need `heldout_voices` (speakers that training never hears).")
+    `voices`: the (espeak-ng voice, words per minute, pitch) speakers, one drawn at random for each sentence."""
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -184,15 +179,10 @@ def build_corpus(
     splits = {"validation": make_sentences(validation, rng, seen, min_words, max_words)}
     splits["train"] = make_sentences(train, rng, seen, min_words, max_words)
     speakers = {name: rng.integers(0, len(voices), size=len(sentences)) for name, sentences in splits.items()}
-    cast = {"validation": list(voices), "train": list(voices)}
-    if heldout:
-        splits["heldout_voices"] = make_sentences(heldout, rng, seen, min_words, max_words)
-        speakers["heldout_voices"] = rng.integers(0, len(heldout_voices), size=heldout)
-        cast["heldout_voices"] = list(heldout_voices)
 
     needed = sorted(
         {
-            (word, cast[name][int(voice)])
+            (word, voices[int(voice)])
             for name in splits
             for sentence, voice in zip(splits[name], speakers[name])
             for word in sentence
@@ -202,12 +192,10 @@ def build_corpus(
         bank = dict(zip(needed, pool.map(lambda key: synthesize_word(*key), needed)))
 
     summary = {"sampling_rate": SAMPLING_RATE, "voices": [list(voice) for voice in voices], "splits": {}}
-    if heldout:
-        summary["heldout_voices"] = [list(voice) for voice in heldout_voices]
     for name, sentences in splits.items():
         rows = []
         for index, (sentence, voice) in enumerate(zip(sentences, speakers[name])):
-            speaker = cast[name][int(voice)]
+            speaker = voices[int(voice)]
             audio, transcript = assemble(sentence, bank, speaker, rng)
             buffer = io.BytesIO()
             soundfile.write(buffer, audio, SAMPLING_RATE, format="FLAC", subtype="PCM_16")
@@ -269,16 +257,12 @@ def main(argv=None) -> None:
         "--speakers",
         choices=sorted(SPEAKER_SETS),
         default="demo8",
-        help="demo8: the first demo's 8 voices; many: 88 accent and variant speakers, 8 more held out",
-    )
-    parser.add_argument(
-        "--heldout_voices", type=int, default=0, help="sentences spoken by held-out speakers (needs --speakers many)"
+        help="demo8: the first demo's 8 voices; many: those and 80 accent-and-variant speakers (8 more, held out of "
+        "every corpus, are for scripts/evaluate_demo.py)",
     )
     args = parser.parse_args(argv)
     formats = ("shards", "hf") if args.format == "both" else (args.format,)
-    voices, heldout_voices = SPEAKER_SETS[args.speakers]()
-    if args.heldout_voices and not heldout_voices:
-        parser.error(f"--heldout_voices needs held-out speakers (--speakers many), not --speakers {args.speakers}")
+    voices = SPEAKER_SETS[args.speakers]()
     summary = build_corpus(
         args.folder,
         args.train,
@@ -289,8 +273,6 @@ def main(argv=None) -> None:
         max_words=args.max_words,
         voices=voices,
         workers=args.workers,
-        heldout_voices=heldout_voices,
-        heldout=args.heldout_voices,
     )
     print(json.dumps(summary, indent=2))
 
