@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The demo model's second training run, on the GPU machine, in two calls on one warm machine: `start` synthesizes a
 # larger espeak-ng corpus ON the device (88 speakers: English accents x voice variants; 8 more are held out for
-# scripts/evaluate_demo.py), then
-# continues the shipped demo model (weights and CTC head) with the discriminator on; `resume` continues that run
-# exactly from its last checkpoint. Both export the EMA model, so a lost second call still leaves a model.
+# scripts/evaluate_demo.py), then continues the shipped demo model (weights and CTC head) with the discriminator on;
+# `resume` continues that run exactly from its last checkpoint. Both export the EMA model, so a lost second call still
+# leaves a model.
 #
 #   bash scripts/continue_demo_on_device.sh start  [--minutes 6] [--batch 64] [--sentences 8000] [--dry-run]
 #   bash scripts/continue_demo_on_device.sh resume [--minutes 5] [--dry-run]
@@ -29,15 +29,20 @@ MINUTES=6
 BATCH=64
 SENTENCES=8000
 DRY_RUN=0
+FIXED_AT_START=
 while [ $# -gt 0 ]; do
     case "$1" in
         --minutes) MINUTES=$2; shift 2 ;;
-        --batch) BATCH=$2; shift 2 ;;
-        --sentences) SENTENCES=$2; shift 2 ;;
+        --batch) BATCH=$2; FIXED_AT_START="--batch"; shift 2 ;;
+        --sentences) SENTENCES=$2; FIXED_AT_START="--sentences"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
         *) echo "unknown option: $1 (use --minutes M, --batch B, --sentences N, --dry-run)" >&2; exit 2 ;;
     esac
 done
+if [ "$MODE" = resume ] && [ -n "$FIXED_AT_START" ]; then
+    echo "$FIXED_AT_START is fixed by 'start': 'resume' continues the same run" >&2
+    exit 2
+fi
 RESULTS=${OUT:-outputs/device-demo2-out}
 CORPUS=outputs/demo_corpus_many
 RUN=outputs/demo-run2
@@ -72,6 +77,7 @@ if [ "$MODE" = start ]; then
             ldd --version 2>&1 | head -1 >&2
             exit 2
         fi
+        echo "espeak-ng: $(command -v espeak-ng)"
         rm -rf "$CORPUS.partial"
         "$PYTHON" -m transformers_stable_codec.training.synthetic_corpus "$CORPUS.partial" --speakers many \
             --train "$SENTENCES" --validation 96 --format shards \
@@ -110,7 +116,9 @@ if [ "$DRY_RUN" = 1 ]; then
         --set data.validation_max_clips=4 --set data.num_workers=1 --set data.validation_batch_size=4
     )
 fi
-[ "$MODE" = resume ] && ARGS+=(--resume latest)
+if [ "$MODE" = resume ]; then
+    ARGS+=(--resume latest)
+fi
 
 set -o pipefail
 "$PYTHON" -m transformers_stable_codec.training "${ARGS[@]}" 2>&1 | tee "$RESULTS/train.log"

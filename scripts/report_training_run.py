@@ -8,6 +8,7 @@ import argparse
 import json
 import pathlib
 import statistics
+import textwrap
 
 
 def read_metrics(path: pathlib.Path) -> tuple[list[dict], list[dict]]:
@@ -84,10 +85,7 @@ tags: [audio, speech, codec, stable-codec, demo]
 
 # Stable Codec demo model (synthetic speech, CTC phoneme head)
 
-**A demonstration, not a speech codec for real use.** This small Stable Codec ({parameters:,} parameters, 25 Hz
-latents, 6-dimensional FSQ) {story} It shows that the whole pipeline runs (feature extractor, encode, decode, the
-command line, the trainer) and that training learns. It has never heard a human voice. Do not judge Stable Codec by
-it; real use loads a trained checkpoint such as `stabilityai/stable-codec-speech-16k`.
+{intro}
 
 ## What it measures
 {evaluation}
@@ -115,9 +113,15 @@ second.
   81 outputs over the phoneme inventory of docs/training.md, blank 80.
 - `training_config.json`, `validation_history.json`: how it was trained and what validation measured.
 
-Trained with {script}; see docs/training.md.
+{trained_with}
 """
 
+INTRO = (
+    "**A demonstration, not a speech codec for real use.** This small Stable Codec ({parameters:,} parameters, 25 Hz "
+    "latents, 6-dimensional FSQ) {story} It shows that the whole pipeline runs (feature extractor, encode, decode, "
+    "the command line, the trainer) and that training learns. It has never heard a human voice. Do not judge Stable "
+    "Codec by it; real use loads a trained checkpoint such as `stabilityai/stable-codec-speech-16k`."
+)
 SCRATCH_STORY = (
     "was trained from scratch for {minutes:.1f} minutes ({steps} optimizer steps) on {device}, on a synthetic corpus: "
     "390 English words spoken one by one by espeak-ng ({voices} voices) and joined into random sentences."
@@ -206,8 +210,7 @@ def write_model_card(
         )
     validation_clips = corpus["splits"]["validation"]["clips"] if corpus else 64
     text = MODEL_CARD.format(
-        parameters=parameters,
-        story=story,
+        intro=textwrap.fill(INTRO.format(parameters=parameters, story=story), width=116, break_on_hyphens=False),
         evaluation=evaluation_section(evaluation, evaluation_model) if evaluation else "",
         validation_clips=validation_clips,
         before_label=before_label,
@@ -220,7 +223,7 @@ def write_model_card(
         sisdr_before=first["val/sisdr"],
         sisdr_after=last["val/sisdr"],
         speed=summary["samples_per_second_median"] or 0.0,
-        script=script,
+        trained_with=textwrap.fill(f"Trained with {script}; see docs/training.md.", width=116),
     )
     (folder / "README.md").write_text(text)
 
