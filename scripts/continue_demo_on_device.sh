@@ -68,8 +68,9 @@ if [ "$MODE" = start ]; then
     # Seed 0 and 3-7 words, as every demo corpus: the validation sentences come first, so the 64 that
     # scripts/evaluate_demo.py speaks are among them, and no training sentence repeats one.
     if [ ! -f "$CORPUS/corpus.json" ]; then
-        if [ -x .whl/espeak/espeak-ng ]; then
-            export PATH="$PWD/.whl/espeak:$PATH"
+        if [ -f .whl/espeak/espeak-ng.tar.gz ]; then  # scripts/prepare_espeak_carry.sh
+            rm -rf /tmp/espeak-ng && tar -C /tmp -xzf .whl/espeak/espeak-ng.tar.gz
+            export PATH="/tmp/espeak-ng:$PATH"
         fi
         # A missing espeak-ng, or one this machine cannot run (it needs glibc >= 2.34), stops here, within seconds.
         if ! check=$(espeak-ng -v en-us --stdout "check" 2>&1 >/dev/null); then
