@@ -24,6 +24,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -82,7 +83,7 @@ def evaluate_model(location: str, sets: dict) -> tuple[dict, float]:
     codec = cli.Codec(location, options)
     head = StableCodecCTCHead.from_pretrained(codec.location).eval()
     phonemizer = Phonemizer()
-    results = {}
+    results, started = {}, time.monotonic()
     for name, clips in sets.items():
         rows, errors, total = [], 0, 0
         for path, text in clips:
@@ -92,7 +93,7 @@ def evaluate_model(location: str, sets: dict) -> tuple[dict, float]:
             audio, rate = cli.read_audio(path)
             with torch.inference_mode():
                 features = codec.extractor(audio, sampling_rate=rate, return_tensors="pt")
-                output = codec.model(features["input_values"], padding_mask=features["padding_mask"])
+                output = codec.model.encode(features["input_values"], padding_mask=features["padding_mask"])
                 logits = head(output.latents)
                 frames = output.audio_codes_mask.sum(dim=-1)
                 prediction = greedy_ctc_decode(logits.float(), frames, BLANK_INDEX)
@@ -102,6 +103,7 @@ def evaluate_model(location: str, sets: dict) -> tuple[dict, float]:
         results[name] = {metric: float(np.nanmean([row[metric] for row in rows])) for metric in METRICS[:-1]}
         results[name]["per"] = errors / max(total, 1)
         results[name]["clips"] = len(rows)
+        print(f"{location}: {name} done ({len(rows)} clips, {time.monotonic() - started:.0f} s)", flush=True)
     return results, codec.bitrate(BOTTLENECK)
 
 

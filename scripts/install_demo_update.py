@@ -113,6 +113,12 @@ def main() -> int:
             "--json",
             evaluation,
         )
+        # The temporary folders mean nothing later: say what was measured.
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        report = json.loads(evaluation.read_text())
+        report["models"]["before"]["folder"] = f"git {head.stdout.strip()}:src/transformers_stable_codec/demo_model"
+        report["models"]["after"]["folder"] = f"the export of {args.device_out.name}, installed by this script"
+        evaluation.write_text(json.dumps(report, indent=2) + "\n")
         run_dir = folder / "run"
         run_dir.mkdir()
         shutil.copy(args.device_out / "metrics.jsonl", run_dir)

@@ -152,11 +152,15 @@ def evaluation_section(evaluation: dict, model: str) -> str:
     sets = evaluation["sets"]
     names = [name for name in sets if model in evaluation["results"][name]]
     header = " | ".join(sets[name]["title"] for name in names)
+    clips = evaluation["results"][names[0]][model]["clips"]
     lines = [
         "",
-        f"With `stable-codec reconstruct` (bottleneck `{evaluation['bottleneck']}`, "
-        f"{evaluation['bits_per_second']:.0f} bits/s; metrics against the loudness-normalized input; "
-        "`scripts/evaluate_demo.py`):",
+        textwrap.fill(
+            f"With `stable-codec reconstruct` (bottleneck `{evaluation['bottleneck']}`, "
+            f"{evaluation['bits_per_second']:.0f} bits/s; metrics against the loudness-normalized input; "
+            f"`scripts/evaluate_demo.py`), on the same {clips} held-out sentences spoken by three groups of speakers:",
+            width=116,
+        ),
         "",
         f"| | {header} |",
         "|---" * (len(names) + 1) + "|",
