@@ -8,6 +8,7 @@ import argparse
 import json
 import pathlib
 import statistics
+import textwrap
 
 
 def read_metrics(path: pathlib.Path) -> tuple[list[dict], list[dict]]:
@@ -78,52 +79,145 @@ def plot(train: list[dict], validation: list[dict], path: pathlib.Path, title: s
 
 MODEL_CARD = """---
 library_name: transformers
+license: apache-2.0
 tags: [audio, speech, codec, stable-codec, demo]
 ---
 
 # Stable Codec demo model (synthetic speech, CTC phoneme head)
 
-**A demonstration, not a speech codec for real use.** This small Stable Codec ({parameters:,} parameters, 25 Hz
-latents, 6-dimensional FSQ) was trained from scratch for {minutes:.1f} minutes ({steps} optimizer steps) on
-{device}, on a synthetic corpus: English words spoken one by one by espeak-ng (8 voices) and joined into random
-sentences, so that every word's timing is exact. It proves that `transformers_stable_codec.training` learns: the
-reconstruction loss falls and the CTC head on the pre-bottleneck latents learns the phonemes. It has never heard
-a human voice and will not reconstruct real speech well.
+{intro}
 
-## Measured
+## What it measures
+{evaluation}
+Validation during training, on {validation_clips} held-out sentences (new sequences of the training words, in the
+training voices; whole clips, the training-time FSQ):
 
-| | before training | after training |
+| | {before_label} | after training |
 |---|---|---|
 | phone error rate, held-out sentences (greedy CTC) | {per_before:.1%} | {per_after:.1%} |
-| validation multi-resolution STFT distance | {stft_before:.3f} | {stft_after:.3f} |
-| validation mel distance | {mel_before:.3f} | {mel_after:.3f} |
-| validation SI-SDR (dB) | {sisdr_before:.2f} | {sisdr_after:.2f} |
+| multi-resolution STFT distance | {stft_before:.3f} | {stft_after:.3f} |
+| mel distance | {mel_before:.3f} | {mel_after:.3f} |
+| SI-SDR (dB) | {sisdr_before:.2f} | {sisdr_after:.2f} |
 
-The held-out sentences are new sequences of the training vocabulary (390 words) in the training voices. Weights are
-the EMA of training (decay min(0.9999, 1 - (1 + n)^-0.75)). Throughput: {speed:.0f} clips of 2 s per second.
+Weights are the EMA of training (decay min(0.9999, 1 - (1 + n)^-0.75)). Throughput: {speed:.0f} clips of 2 s per
+second.
 
 ## Files
 
-- `config.json`, `model.safetensors`: a `StableCodecModel` (`StableCodecModel.from_pretrained(folder)`).
+- `config.json`, `model.safetensors`: a `StableCodecModel` (`AutoModel.from_pretrained(folder)` after
+  `import transformers_stable_codec`). `stable-codec` names it `demo` in codes files, with the sha256 of
+  `model.safetensors`.
+- `preprocessor_config.json`: its `StableCodecFeatureExtractor` (`AutoFeatureExtractor.from_pretrained(folder)`):
+  16 kHz, hop 640, loudness normalized to -20 LUFS.
 - `ctc_head.safetensors`, `ctc_head_config.json`: the CTC head (`StableCodecCTCHead.from_pretrained(folder)`):
   81 outputs over the phoneme inventory of docs/training.md, blank 80.
 - `training_config.json`, `validation_history.json`: how it was trained and what validation measured.
 
-Trained with `scripts/train_demo_on_device.sh` (configs/demo_small.yaml).
+{trained_with}
 """
 
+INTRO = (
+    "**A demonstration, not a speech codec for real use.** This small Stable Codec ({parameters:,} parameters, 25 Hz "
+    "latents, 6-dimensional FSQ) {story} It shows that the whole pipeline runs (feature extractor, encode, decode, "
+    "the command line, the trainer) and that training learns. It has never heard a human voice. Do not judge Stable "
+    "Codec by it; real use loads a trained checkpoint such as `stabilityai/stable-codec-speech-16k`."
+)
+SCRATCH_STORY = (
+    "was trained from scratch for {minutes:.1f} minutes ({steps} optimizer steps) on {device}, on a synthetic corpus: "
+    "390 English words spoken one by one by espeak-ng ({voices} voices) and joined into random sentences."
+)
+CONTINUED_STORY = (
+    "was trained in two runs on synthetic corpora of 390 English words spoken one by one by espeak-ng and joined "
+    "into random sentences: from scratch for {first_minutes:.1f} minutes ({first_steps} optimizer steps) on "
+    "{first_device} with {first_voices} voices, reconstruction and CTC losses only; then continued for {minutes:.1f} "
+    "minutes ({steps} optimizer steps, generator and discriminator alternating) on {device} with {voices} speakers "
+    "(espeak-ng's English accents crossed with its voice variants, each with its own rate and pitch) and "
+    "{sentences:,} training sentences."
+)
 
-def write_model_card(folder: pathlib.Path, summary: dict, minutes: float, device: str) -> None:
+# The table `scripts/evaluate_demo.py` measures (what `stable-codec reconstruct` gives: loudness-normalized input,
+# bottleneck 2x15625_700bps), in the card when its JSON is given.
+EVALUATION_ROWS = (
+    ("si_sdr", "SI-SDR (dB)", "{:.1f}"),
+    ("mel_distance", "mel distance", "{:.2f}"),
+    ("stft_distance", "STFT distance", "{:.2f}"),
+    ("wideband_pesq", "wideband PESQ", "{:.2f}"),
+    ("stoi", "STOI", "{:.2f}"),
+    ("per", "phone error rate (greedy CTC)", "{:.1%}"),
+)
+
+
+def evaluation_section(evaluation: dict, model: str) -> str:
+    """The README sentence and the held-out sets for one model of an `evaluate_demo.py` JSON, as markdown."""
+    sets = evaluation["sets"]
+    names = [name for name in sets if model in evaluation["results"][name]]
+    header = " | ".join(sets[name]["title"] for name in names)
+    clips = evaluation["results"][names[0]][model]["clips"]
+    lines = [
+        "",
+        textwrap.fill(
+            f"With `stable-codec reconstruct` (bottleneck `{evaluation['bottleneck']}`, "
+            f"{evaluation['bits_per_second']:.0f} bits/s; metrics against the loudness-normalized input; "
+            f"`scripts/evaluate_demo.py`), on the same {clips} held-out sentences spoken by three groups of speakers:",
+            width=116,
+        ),
+        "",
+        f"| | {header} |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for key, label, pattern in EVALUATION_ROWS:
+        cells = []
+        for name in names:
+            value = evaluation["results"][name][model].get(key)
+            cells.append("-" if value is None else pattern.format(value))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.extend(f"- {sets[name]['title']}: {sets[name]['description']}" for name in names)
+    lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(
+    folder: pathlib.Path,
+    summary: dict,
+    minutes: float,
+    device: str,
+    corpus: dict | None = None,
+    previous: dict | None = None,
+    evaluation: dict | None = None,
+    evaluation_model: str = "after",
+) -> None:
+    """`corpus`: the corpus.json of the run's data; `previous`: the summary of the run this one continued (None: it
+    trained from scratch); `evaluation`: an `evaluate_demo.py` JSON, whose `evaluation_model` column is this model."""
     from safetensors import safe_open
 
     with safe_open(folder / "model.safetensors", "pt") as weights:
         parameters = sum(_numel(weights.get_slice(name).get_shape()) for name in weights.keys())
     first, last = summary["validation_first"], summary["validation_last"]
+    voices = len(corpus["voices"]) if corpus else 8
+    facts = {"minutes": minutes, "steps": summary["steps"], "device": device, "voices": voices}
+    if previous is None:
+        story = SCRATCH_STORY.format(**facts)
+        before_label, script = "before training", "`scripts/train_demo_on_device.sh` (configs/demo_small.yaml)"
+    else:
+        story = CONTINUED_STORY.format(
+            **facts,
+            first_minutes=previous["minutes"],
+            first_steps=previous["steps"],
+            first_device=previous["device"].removesuffix(" x 1"),
+            first_voices=8,
+            sentences=corpus["splits"]["train"]["clips"] if corpus else 0,
+        )
+        before_label = "start of the second run"
+        script = (
+            "`scripts/train_demo_on_device.sh`, then `scripts/continue_demo_on_device.sh` (configs/demo_small.yaml)"
+        )
+    validation_clips = corpus["splits"]["validation"]["clips"] if corpus else 64
     text = MODEL_CARD.format(
-        parameters=parameters,
-        minutes=minutes,
-        steps=summary["steps"],
-        device=device,
+        intro=textwrap.fill(INTRO.format(parameters=parameters, story=story), width=116, break_on_hyphens=False),
+        evaluation=evaluation_section(evaluation, evaluation_model) if evaluation else "",
+        validation_clips=validation_clips,
+        before_label=before_label,
         per_before=first["val/per"],
         per_after=last["val/per"],
         stft_before=first["val/stft"],
@@ -133,8 +227,13 @@ def write_model_card(folder: pathlib.Path, summary: dict, minutes: float, device
         sisdr_before=first["val/sisdr"],
         sisdr_after=last["val/sisdr"],
         speed=summary["samples_per_second_median"] or 0.0,
+        trained_with=textwrap.fill(f"Trained with {script}; see docs/training.md.", width=116),
     )
     (folder / "README.md").write_text(text)
+
+
+def _read_json(path: pathlib.Path | None):
+    return json.loads(path.read_text()) if path else None
 
 
 def _numel(shape) -> int:
@@ -153,6 +252,13 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=0.0, help="training wall-clock minutes, for the card")
     parser.add_argument("--device", default="an unnamed device", help="what it was trained on, for the card")
     parser.add_argument("--title", default="Stable Codec demo training")
+    parser.add_argument("--corpus", type=pathlib.Path, help="the corpus.json of the training data, for the card")
+    parser.add_argument(
+        "--continued_from", type=pathlib.Path, help="summary.json of the run this one continued, for the card"
+    )
+    parser.add_argument(
+        "--evaluation", type=pathlib.Path, help="scripts/evaluate_demo.py's JSON: its 'after' model goes in the card"
+    )
     args = parser.parse_args()
     train, validation = read_metrics(args.run / "metrics.jsonl")
     summary = summarize(args.run, train, validation)
@@ -160,7 +266,15 @@ def main() -> None:
     args.summary.write_text(json.dumps(summary, indent=2) + "\n")
     plot(train, validation, args.plot, args.title)
     if args.model_card:
-        write_model_card(args.model_card, summary, args.minutes, args.device)
+        write_model_card(
+            args.model_card,
+            summary,
+            args.minutes,
+            args.device,
+            corpus=_read_json(args.corpus),
+            previous=_read_json(args.continued_from),
+            evaluation=_read_json(args.evaluation),
+        )
     print(json.dumps(summary, indent=2))
 
 

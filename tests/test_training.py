@@ -48,7 +48,13 @@ from transformers_stable_codec.training.losses import (
     discriminator_hinge_loss,
     generator_adversarial_losses,
 )
-from transformers_stable_codec.training.synthetic_corpus import VOCABULARY, build_corpus
+from transformers_stable_codec.training.synthetic_corpus import (
+    HELDOUT_VARIANTS,
+    VOCABULARY,
+    VOICES,
+    build_corpus,
+    many_speakers,
+)
 from transformers_stable_codec.training.trainer import scale_invariant_sdr
 
 from .conftest import tiny_config as tiny_model_config
@@ -518,6 +524,34 @@ def test_synthetic_corpus_timings_are_exact(corpus):
         for start, end in bounds:
             silent[start:end] = False
         assert np.abs(clip.audio[silent]).max() == 0  # nothing but pauses between and around the words
+
+
+def test_the_many_speaker_set_holds_its_evaluation_voices_out():
+    trained, heldout = many_speakers()
+    assert len(trained) == 88 and len(heldout) == 8 and trained[: len(VOICES)] == VOICES
+    assert len({name for name, _, _ in trained + heldout}) == 96  # no speaker twice
+    assert not {name.split("+")[1] for name, _, _ in trained if "+" in name} & set(HELDOUT_VARIANTS)
+    assert many_speakers() == (trained, heldout)  # rates and pitches are fixed, so corpora and evaluations agree
+
+
+def test_validation_sentences_do_not_depend_on_the_training_size(tmp_path):
+    """scripts/evaluate_demo.py speaks the validation sentences of a corpus without training sentences: they must be
+    the first validation sentences of every corpus of the same seed, or training could have heard them."""
+
+    def texts(folder):
+        return [row["text"] for row in read_validation(folder)]
+
+    def read_validation(folder):
+        with tarfile.open(folder / "validation-000000.tar") as archive:
+            return [
+                json.loads(archive.extractfile(member).read())
+                for member in archive.getmembers()
+                if member.name.endswith(".json")
+            ]
+
+    build_corpus(tmp_path / "small", train=0, validation=2, formats=("shards",), voices=VOICES[:1])
+    build_corpus(tmp_path / "large", train=6, validation=3, formats=("shards",), voices=VOICES[:2])
+    assert texts(tmp_path / "small") == texts(tmp_path / "large")[:2]
 
 
 # --- accelerate launch, 2 processes ---------------------------------------------------------------------------

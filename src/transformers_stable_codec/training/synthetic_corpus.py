@@ -7,6 +7,8 @@ The corpus is written as WebDataset-style tar shards (`KEY.flac` + `KEY.json` ho
 `train` and `validation` (sentences that never occur in training).
 
     python -m transformers_stable_codec.training.synthetic_corpus outputs/demo_corpus --train 800 --validation 64
+    python -m transformers_stable_codec.training.synthetic_corpus outputs/demo_corpus2 --speakers many \\
+        --train 8000 --validation 96 --workers 16
 """
 
 import argparse
@@ -58,6 +60,34 @@ VOICES = [
     ("en-gb+f3", 140, 65),
 ]
 
+# The larger speaker set of the demo's second run: espeak-ng's English accents crossed with its voice variants (the
+# robotic, whispering and croaking variants left out), each speaker with its own rate and pitch. The held-out variants
+# occur in no corpus: scripts/evaluate_demo.py measures with them how a model does on voices it never heard.
+ACCENTS = ["en", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-gb-x-rp", "en-029", "en-us-nyc"]
+TRAIN_VARIANTS = """
+m1 m2 m3 m4 m6 m7 m8 f1 f2 f3 f4 klatt klatt2 klatt3 klatt6 Alex Andy adam anika aunty belinda benjamin boris caleb
+ed edward grandma grandpa iven john max michel paul pedro quincy rob robert shelby travis victor
+""".split()
+HELDOUT_VARIANTS = "m5 f5 klatt4 Annie david linda norbert steph".split()
+
+
+def many_speakers() -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+    """(training speakers, held-out speakers): the 8 original voices plus each training variant in two accents; each
+    held-out variant in one accent. Rates and pitches come from a fixed generator, so the set never changes."""
+    rng = np.random.default_rng(20261201)
+
+    def speaker(accent, variant):
+        return (f"{accent}+{variant}", int(rng.integers(130, 176)), int(rng.integers(25, 76)))
+
+    train = list(VOICES)
+    for index, variant in enumerate(TRAIN_VARIANTS):
+        train += [speaker(ACCENTS[index % 8], variant), speaker(ACCENTS[(index + 3) % 8], variant)]
+    heldout = [speaker(ACCENTS[(3 * index + 1) % 8], variant) for index, variant in enumerate(HELDOUT_VARIANTS)]
+    return train, heldout
+
+
+SPEAKER_SETS = {"demo8": lambda: list(VOICES), "many": lambda: many_speakers()[0]}
+
 SAMPLING_RATE = 16000
 
 
@@ -71,7 +101,10 @@ def synthesize_word(word: str, voice: tuple[str, int, int], sampling_rate: int =
             capture_output=True,
         ).stdout
     except FileNotFoundError:
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng).") from None
+        raise RuntimeError(
+            "espeak-ng is not installed (apt-get install espeak-ng, or put the folder of "
+            "scripts/prepare_espeak_carry.sh first on PATH)."
+        ) from None
     audio, source_rate = soundfile.read(io.BytesIO(wav), dtype="float32")
     divisor = math.gcd(source_rate, sampling_rate)
     audio = resample_poly(audio, sampling_rate // divisor, source_rate // divisor).astype(np.float32)
@@ -96,7 +129,7 @@ def make_sentences(
 
 
 def assemble(
-    words: tuple[str, ...], bank: dict, voice: int, rng: np.random.Generator
+    words: tuple[str, ...], bank: dict, voice: tuple[str, int, int], rng: np.random.Generator
 ) -> tuple[np.ndarray, list[dict]]:
     """Joins a voice's words with random pauses; returns the audio and the exact word timings (seconds)."""
     pieces, transcript, position = [], [], 0
@@ -134,39 +167,41 @@ def build_corpus(
     shard_size: int = 200,
     min_words: int = 3,
     max_words: int = 7,
-    voices: int = len(VOICES),
+    voices: list[tuple[str, int, int]] = tuple(VOICES),
     workers: int = 2,
 ) -> dict:
-    """Writes the corpus under `folder` (`train-*.tar`, `validation-*.tar`, and/or `hf/`); returns a summary."""
+    """Writes the corpus under `folder` (`train-*.tar`, `validation-*.tar`, and/or `hf/`); returns a summary.
+    `voices`: the (espeak-ng voice, words per minute, pitch) speakers, one drawn at random for each sentence."""
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     seen: set = set()
     splits = {"validation": make_sentences(validation, rng, seen, min_words, max_words)}
     splits["train"] = make_sentences(train, rng, seen, min_words, max_words)
-    speakers = {name: rng.integers(0, voices, size=len(sentences)) for name, sentences in splits.items()}
+    speakers = {name: rng.integers(0, len(voices), size=len(sentences)) for name, sentences in splits.items()}
 
     needed = sorted(
         {
-            (word, int(voice))
+            (word, voices[int(voice)])
             for name in splits
             for sentence, voice in zip(splits[name], speakers[name])
             for word in sentence
         }
     )
     with ThreadPoolExecutor(workers) as pool:  # espeak-ng runs as subprocesses: threads suffice
-        bank = dict(zip(needed, pool.map(lambda key: synthesize_word(key[0], VOICES[key[1]]), needed)))
+        bank = dict(zip(needed, pool.map(lambda key: synthesize_word(*key), needed)))
 
-    summary = {"sampling_rate": SAMPLING_RATE, "voices": [list(voice) for voice in VOICES[:voices]], "splits": {}}
+    summary = {"sampling_rate": SAMPLING_RATE, "voices": [list(voice) for voice in voices], "splits": {}}
     for name, sentences in splits.items():
         rows = []
         for index, (sentence, voice) in enumerate(zip(sentences, speakers[name])):
-            audio, transcript = assemble(sentence, bank, int(voice), rng)
+            speaker = voices[int(voice)]
+            audio, transcript = assemble(sentence, bank, speaker, rng)
             buffer = io.BytesIO()
             soundfile.write(buffer, audio, SAMPLING_RATE, format="FLAC", subtype="PCM_16")
             metadata = {
                 "text": " ".join(sentence),
-                "voice": VOICES[int(voice)][0],
+                "voice": speaker[0],
                 "force_aligned_text": {"transcript": transcript},
             }
             rows.append((f"{name}_{index:06d}", buffer.getvalue(), metadata, len(audio)))
@@ -218,8 +253,16 @@ def main(argv=None) -> None:
     parser.add_argument("--min_words", type=int, default=3)
     parser.add_argument("--max_words", type=int, default=7)
     parser.add_argument("--workers", type=int, default=2, help="espeak-ng processes at once")
+    parser.add_argument(
+        "--speakers",
+        choices=sorted(SPEAKER_SETS),
+        default="demo8",
+        help="demo8: the first demo's 8 voices; many: those and 80 accent-and-variant speakers (8 more, held out of "
+        "every corpus, are for scripts/evaluate_demo.py)",
+    )
     args = parser.parse_args(argv)
     formats = ("shards", "hf") if args.format == "both" else (args.format,)
+    voices = SPEAKER_SETS[args.speakers]()
     summary = build_corpus(
         args.folder,
         args.train,
@@ -228,6 +271,7 @@ def main(argv=None) -> None:
         formats,
         min_words=args.min_words,
         max_words=args.max_words,
+        voices=voices,
         workers=args.workers,
     )
     print(json.dumps(summary, indent=2))
