@@ -11,19 +11,27 @@ For each lookahead K it
   batch of 1 and of `--streams` streams (the fastest of `--repeats` after a warm-up call): the compute per step, and
   the real-time factor, compute / (S x 40 ms), which must stay below 1 to keep up with the stream;
 - reports the first-audio latency: algorithmic, (K + S) frames x 40 ms, as the first step's audio needs its S frames
-  and K more, plus the compute of one step of one stream.
+  and K more, plus the compute of one step of one stream;
+- with `--compile-modes` (at `--compile-lookaheads`), the same for `decode_stream(compile_mode=...)`: the compiled
+  step on its one padded-and-masked window shape, the compile time of each batch size apart, and the compiled
+  stream of the clip against the eager one.
+
+Every row records the machine's load averages before and after its timings (`os.getloadavg`), as on a shared
+machine the neighbours' load is part of each figure; the JSON is rewritten after every row.
 
 Speech: `--wav`, else espeak-ng if installed, else the tests' synthetic voiced speech (so that it runs unattended on
 a machine without espeak-ng or network). Models: `demo` (the trained demo model shipped with the package) or `paper`
 (the paper-scale config, 953M parameters, random weights: its divergences show how far the receptive field reaches
 in an untrained net, not what trained weights give). Results are merged into benchmarks/results/streaming_<device>.json
-(one entry per model), and docs/streaming.png is redrawn from every streaming_*.json there.
+(one entry per `--name`, default the model), and docs/streaming.png is redrawn from every streaming_*.json there
+(a `--json` elsewhere, e.g. the GPU machine's $OUT, is only written).
 
     python benchmarks/streaming.py --device cpu --model demo
-    python benchmarks/streaming.py --device cpu --model paper --seconds 4 --context-frames 64 --lookaheads 1 4 16 64 \
-        --step-frames 5 --streams 1 4
+    python benchmarks/streaming.py --device cpu --model paper --name paper_context64 --seconds 2 --context-frames 64 \
+        --lookaheads 1 16 --step-frames 5 --streams 1 64 --repeats 1
     python benchmarks/streaming.py --device cuda --model demo
     python benchmarks/streaming.py --device cuda --model paper
+    bash scripts/streaming_compiled_on_device.sh  # eager vs CUDA graphs on the GPU, demo and paper scale
 """
 
 import argparse
@@ -205,6 +213,10 @@ def plot(results_folder: Path, target: Path) -> None:
     for path in sorted(results_folder.glob("streaming_*.json")):
         device = path.stem.removeprefix("streaming_")
         for model_name, run in json.loads(path.read_text()).items():
+            if run.get("load_average_start", [0])[0] > run.get("cpu_count", 1):
+                # More runnable jobs than cores: the compute, part of the latency axis, is the neighbours' doing.
+                print(f"{path.name} {model_name}: measured on an overloaded machine, not plotted")
+                continue
             rows = run["rows"]
             label = f"{model_name}, {device} (C={run['context_frames']}, S={run['step_frames']})"
             latency = [row["first_audio_ms"] for row in rows]
