@@ -218,6 +218,8 @@ def plot(results_folder: Path, target: Path) -> None:
                 print(f"{path.name} {model_name}: measured on an overloaded machine, not plotted")
                 continue
             rows = run["rows"]
+            if len(rows) < 2:  # one lookahead (e.g. the compiled runs) is a point, not a trade-off curve
+                continue
             label = f"{model_name}, {device} (C={run['context_frames']}, S={run['step_frames']})"
             latency = [row["first_audio_ms"] for row in rows]
             # Exact streams reach 100+ dB (float rounding): everything above 60 dB is drawn at 60 (inaudible).
