@@ -107,3 +107,41 @@ def test_bf16_training_step_with_gradient_checkpointing(implementation):
     gradients = [parameter.grad for parameter in model.parameters() if parameter.requires_grad]
     assert all(gradient is not None and torch.isfinite(gradient).all() for gradient in gradients)
     assert math.isfinite(float(loss))
+
+
+def streamed_on_gpu(model, codes, **kwargs) -> torch.Tensor:
+    chunks = codes.split(1, dim=-1)  # one frame at a time, as a speech LM emits them
+    return torch.cat(list(model.decode_stream(chunks, "2x15625_700bps", **kwargs)), dim=-1)
+
+
+@pytest.mark.parametrize("implementation", [*BACKENDS, "flash_attention_2"])
+def test_stream_equals_decode_on_gpu(implementation, monkeypatch):
+    """The exact stream (the receptive field as context and lookahead) on every backend: `decode`'s audio; flash
+    attention in bf16, against its own `decode`."""
+    import transformers.utils
+
+    if implementation.startswith("flash") and not transformers.utils.is_flash_attn_2_available():
+        pytest.skip("flash-attn 2 is not installed on this GPU machine")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    dtype = torch.bfloat16 if implementation.startswith("flash") else torch.float32
+    model = gpu_model(implementation, dtype, attention_window_left=3, attention_window_right=4)
+    with torch.no_grad():
+        codes = model.encode(speechlike(2, 61 * 0.04).cuda().to(dtype), posthoc_bottleneck="2x15625_700bps")
+        expected = model.decode(codes.audio_codes, posthoc_bottleneck="2x15625_700bps").audio_values
+    actual = streamed_on_gpu(model, codes.audio_codes, step_frames=2)
+    assert actual.shape == expected.shape
+    assert relative_error(actual.float(), expected.float()) < (2e-2 if dtype == torch.bfloat16 else 1e-4)
+
+
+def test_compiled_stream_with_cuda_graphs_equals_the_eager_stream(monkeypatch):
+    """`compile_mode="reduce-overhead"`: CUDA graphs replayed for every step, whose yielded audio must survive the
+    next replay (the stream copies it out)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    model = gpu_model("sdpa", attention_window_left=3, attention_window_right=4)
+    with torch.no_grad():
+        codes = model.encode(speechlike(2, 61 * 0.04).cuda(), posthoc_bottleneck="2x15625_700bps").audio_codes
+    windows = dict(lookahead_frames=2, context_frames=5, step_frames=3)
+    eager = streamed_on_gpu(model, codes, **windows)
+    compiled = streamed_on_gpu(model, codes, compile_mode="reduce-overhead", **windows)
+    assert compiled.shape == eager.shape
+    assert relative_error(compiled, eager) < 1e-4

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from transformers_stable_codec import StableCodecModel
+from transformers_stable_codec.modeling_stable_codec import run_as_stream
 
 from .conftest import randomize_, tiny_config
 from .model_helpers import speechlike
@@ -51,6 +52,20 @@ def test_stream_with_the_receptive_field_equals_decode(stream_model, codes, size
     with torch.no_grad():
         expected = stream_model.decode(codes, posthoc_bottleneck="2x15625_700bps").audio_values
     actual = streamed(stream_model, codes, sizes, step_frames=step_frames)
+    assert actual.shape == expected.shape
+    assert float((actual - expected).abs().max()) < 1e-4
+
+
+def test_stream_with_eager_attention_equals_decode(stream_model, codes):
+    """The stream calls the decoder itself, so every attention backend streams; eager's masks (not sdpa's) too."""
+    implementation = stream_model.config._attn_implementation
+    stream_model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            expected = stream_model.decode(codes, posthoc_bottleneck="2x15625_700bps").audio_values
+        actual = streamed(stream_model, codes, [3, 1, 7, 0, 12], step_frames=2)
+    finally:
+        stream_model.set_attn_implementation(implementation)
     assert actual.shape == expected.shape
     assert float((actual - expected).abs().max()) < 1e-4
 
@@ -139,3 +154,73 @@ def test_bad_chunks_raise(stream_model, codes, chunk, match):
 
 def test_an_empty_stream_yields_nothing(stream_model):
     assert list(stream_model.decode_stream([])) == []
+
+
+def recorded_calls(coder: torch.nn.Module) -> tuple[list, torch.utils.hooks.RemovableHandle]:
+    """The (input length, frames_valid) of every call of `coder`, and the hook to remove."""
+    calls = []
+
+    def record(module, args):
+        calls.append((args[0].shape[-1], None if args[1] is None else args[1].tolist()))
+
+    return calls, coder.register_forward_pre_hook(record)
+
+
+@pytest.mark.parametrize("coder_name", ["decoder", "encoder"])
+def test_fixed_shape_stream_equals_the_stream_with_one_shape_for_every_call(stream_model, codes, coder_name):
+    """The compiled stream's windows: warm-up and last windows padded on the right with masked frames to
+    C + S + K, which must give the audio (latents) of the unpadded, shorter windows, also below the receptive field
+    where each window's end shows in the output."""
+    lookahead, context, step = 2, 5, 3
+    coder = getattr(stream_model, coder_name)
+    if coder_name == "decoder":
+        inputs = stream_model._bottleneck("2x15625_700bps").decode(codes).float()
+        steps_per_frame = (1, stream_model.hop_length)
+    else:
+        inputs = speechlike(2, 61 * 0.04)[..., : 61 * stream_model.hop_length - 100]  # a partial last frame
+        steps_per_frame = (stream_model.hop_length, 1)
+    chunks = split(inputs, [4 * steps_per_frame[0], steps_per_frame[0], 0, 9 * steps_per_frame[0] + 7])
+    with torch.no_grad():
+        plain = torch.cat(list(run_as_stream(coder, chunks, steps_per_frame, context, lookahead, step)), dim=-1)
+        calls, hook = recorded_calls(coder)
+        try:
+            fixed = list(run_as_stream(coder, chunks, steps_per_frame, context, lookahead, step, fixed_shape=True))
+        finally:
+            hook.remove()
+    fixed = torch.cat(fixed, dim=-1)
+    assert fixed.shape == plain.shape
+    assert float((fixed - plain).abs().max() / plain.abs().max()) < 1e-5
+    window = context + step + lookahead
+    assert {length for length, _ in calls} == {window * steps_per_frame[0]}
+    valid = [frames_valid[0] for _, frames_valid in calls]
+    assert valid[0] == step + lookahead and valid[-1] < window  # the padded first and last windows
+    assert window in valid  # steady-state windows are whole
+
+
+@pytest.mark.slow
+def test_compiled_stream_equals_the_eager_stream(stream_model, codes):
+    """`compile_mode`: one graph for every step (the warm-up's and the last window's too), the eager audio."""
+    windows = dict(lookahead_frames=2, context_frames=5, step_frames=3)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    stream_model._compiled_stream_coders.clear()
+    compiled = streamed(stream_model, codes, [1], compile_mode="default", **windows)
+    again = streamed(stream_model, codes[..., :40], [7], compile_mode="default", **windows)
+    for actual, frames in ((compiled, 61), (again, 40)):
+        expected = streamed(stream_model, codes[..., :frames], [1], **windows)
+        assert actual.shape == expected.shape
+        assert float((actual - expected).abs().max()) < 1e-4
+    # One shape and batch size, one graph: the second stream reused it, and none fell back to eager.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_compiled_stream_needs_sdpa_or_eager_attention(stream_model, codes):
+    with pytest.raises(ValueError, match="compile_mode"):
+        stream_model.decode_stream([codes], "2x15625_700bps", compile_mode="fast")
+    implementation = stream_model.config._attn_implementation
+    stream_model.config._attn_implementation = "flash_attention_2"  # not installed here: set, not loaded
+    try:
+        with pytest.raises(ValueError, match="needs attn_implementation 'sdpa' or 'eager'"):
+            stream_model.decode_stream([codes], "2x15625_700bps", compile_mode="default")
+    finally:
+        stream_model.config._attn_implementation = implementation

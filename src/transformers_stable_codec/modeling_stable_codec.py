@@ -617,6 +617,7 @@ def run_as_stream(
     context_frames: int,
     lookahead_frames: int,
     step_frames: int,
+    fixed_shape: bool = False,
 ) -> Iterator[torch.Tensor]:
     """`coder` over a signal that arrives in chunks of any size: yields the output of `step_frames` latent frames
     at a time, as soon as `lookahead_frames` frames past them have arrived, computed on a window of the
@@ -627,15 +628,27 @@ def run_as_stream(
     the output is `coder` on the whole signal up to float rounding (the windows of `run_in_chunks`); with less, every
     step is what the truncated window gives, as if the signal ended (or began) at its edges. `steps_per_frame` gives
     the input and output steps of one latent frame; a last, partial frame of input is zero-padded, as `encode`
-    pads."""
+    pads.
+
+    With `fixed_shape`, every call sees exactly that many frames and a `frames_valid` tensor: the shorter windows
+    of the warm-up and the end are padded on the right with frames marked as padding, which the coder treats as
+    the end of a shorter clip (the same output up to float rounding), so that one compiled graph serves the whole
+    stream."""
     steps_in, steps_out = steps_per_frame
+    window_frames = context_frames + step_frames + lookahead_frames
     buffer, buffer_start, next_frame = None, 0, 0  # `buffer` holds the inputs from frame `buffer_start` on
 
     def window(stop: int, last: int) -> torch.Tensor:
         """The output of frames `next_frame` to `stop`, from the inputs of `next_frame - context` to `last`."""
         first = max(0, next_frame - context_frames)
-        output = coder(buffer[..., (first - buffer_start) * steps_in : (last - buffer_start) * steps_in], None)
-        return output[..., (next_frame - first) * steps_out : (stop - first) * steps_out]
+        inputs = buffer[..., (first - buffer_start) * steps_in : (last - buffer_start) * steps_in]
+        frames_valid = None
+        if fixed_shape:
+            frames_valid = torch.full((inputs.shape[0],), last - first, dtype=torch.long, device=inputs.device)
+            inputs = nn.functional.pad(inputs, (0, (window_frames - (last - first)) * steps_in))
+        output = coder(inputs, frames_valid)
+        # A copy: a slice would keep the whole window's output alive, and a CUDA graph's next replay overwrites it.
+        return output[..., (next_frame - first) * steps_out : (stop - first) * steps_out].clone()
 
     for chunk in input_chunks:
         buffer = chunk if buffer is None else torch.cat([buffer, chunk], dim=-1)
@@ -655,6 +668,10 @@ def run_as_stream(
     total = buffer_start + buffer.shape[-1] // steps_in
     if next_frame < total:
         yield window(total, total)
+
+
+# `torch.compile` modes a stream accepts; "reduce-overhead" and "max-autotune" replay CUDA graphs.
+STREAM_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _without_gradients(stream: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -920,6 +937,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
         self.quantizer = StableCodecDitheredFSQ(config)
         self.decoder = StableCodecDecoder(config)
         self._posthoc_quantizers = {}
+        self._compiled_stream_coders = {}
         self.post_init()
 
     @classmethod
@@ -1254,9 +1272,12 @@ class StableCodecModel(StableCodecPreTrainedModel):
         check: Callable[[torch.Tensor], None],
         prepare: Callable[[torch.Tensor], torch.Tensor],
         windows: tuple[int | None, int | None, int],
+        compile_mode: str | None,
     ) -> Iterator[torch.Tensor]:
         """`run_as_stream` of the encoder or decoder on the `prepare`d, `check`ed chunks. `windows` are the lookahead,
-        context and step in latent frames (None: the side of the receptive field), validated here, at the call."""
+        context and step in latent frames (None: the side of the receptive field), validated here, at the call, as
+        is `compile_mode`."""
+        step = self._stream_coder(coder, compile_mode)
         (left, right), (lookahead_frames, context_frames, step_frames) = coder.receptive_field(), windows
         context_frames = left if context_frames is None else context_frames
         lookahead_frames = right if lookahead_frames is None else lookahead_frames
@@ -1270,7 +1291,39 @@ class StableCodecModel(StableCodecPreTrainedModel):
         inputs = (prepare(chunk) for chunk in self._stream_chunks(chunks, check))
         steps_per_frame = (self.hop_length, 1) if coder is self.encoder else (1, self.hop_length)
         windows = int(context_frames), int(lookahead_frames), int(step_frames)
-        return run_as_stream(coder, inputs, steps_per_frame, *windows)
+        return run_as_stream(step, inputs, steps_per_frame, *windows, fixed_shape=compile_mode is not None)
+
+    def _stream_coder(self, coder: nn.Module, compile_mode: str | None) -> Callable:
+        """What steps a stream: `coder` itself, or `torch.compile(coder, mode=compile_mode)` for one input shape,
+        kept on the model per coder and mode so that later streams of the same shape reuse its graph."""
+        if compile_mode is None:
+            return coder
+        if compile_mode not in STREAM_COMPILE_MODES:
+            raise ValueError(f"`compile_mode` must be None or one of {STREAM_COMPILE_MODES}, got {compile_mode!r}.")
+        implementation = self.config._attn_implementation
+        if implementation not in ("sdpa", "eager"):
+            # Every compiled call carries a frame mask (see `run_as_stream`): flash attention packs the valid frames
+            # into shapes known only at run time, and torch 2.11's compiled flex kernel faults on padding masks.
+            raise ValueError(
+                f"`compile_mode` needs attn_implementation 'sdpa' or 'eager', the model uses {implementation!r}: "
+                "the compiled stream masks the padding of its warm-up and last windows, which flash attention "
+                "cannot do in one graph and on which torch 2.11's compiled flex attention faults. Stream uncompiled, "
+                "or `model.set_attn_implementation('sdpa')`."
+            )
+        key = ("encoder" if coder is self.encoder else "decoder", compile_mode)
+        if key not in self._compiled_stream_coders:
+            self._compiled_stream_coders[key] = torch.compile(coder, mode=compile_mode, fullgraph=True, dynamic=False)
+        compiled = self._compiled_stream_coders[key]
+        if compile_mode not in ("reduce-overhead", "max-autotune"):
+            return compiled
+
+        def replay(inputs: torch.Tensor, frames_valid: torch.Tensor) -> torch.Tensor:
+            # CUDA graphs write every replay into the same memory: each call is a new step (the stream copies out
+            # what it yields before the next one).
+            torch.compiler.cudagraph_mark_step_begin()
+            return compiled(inputs, frames_valid)
+
+        return replay
 
     def _stream_chunks(
         self, chunks: Iterable[torch.Tensor], check: Callable[[torch.Tensor], None]
@@ -1300,6 +1353,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
         lookahead_frames: int | None = None,
         context_frames: int | None = None,
         step_frames: int = 1,
+        compile_mode: str | None = None,
     ) -> Iterator[torch.Tensor]:
         r"""
         Decodes tokens as they arrive (from a speech LM, frame by frame): a generator of audio chunks
@@ -1318,6 +1372,12 @@ class StableCodecModel(StableCodecPreTrainedModel):
                 Past frames the decoder sees for each step. Default: the left side of `decoder_receptive_field`.
             step_frames (`int`, *optional*, defaults to 1):
                 Frames of audio per decoder call: larger steps cost less compute per second of audio and add latency.
+            compile_mode (`str`, *optional*):
+                None: the decoder runs as it is. A `torch.compile` mode (`"default"`, `"reduce-overhead"` for CUDA
+                graphs, `"max-autotune"`, `"max-autotune-no-cudagraphs"`): every decoder call, warm-up and end
+                included, runs on `context_frames + step_frames + lookahead_frames` frames (shorter windows padded
+                with masked frames, which gives the same audio), through one graph compiled on the first call for
+                that shape and batch size and kept on the model for later streams. Needs the sdpa or eager attention.
 
         With the default lookahead and context the audio equals `decode` of all codes up to float rounding; with
         less, each step's audio is what the decoder makes of the truncated window (see docs/streaming.md). After
@@ -1331,6 +1391,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
             check=lambda chunk: self._check_codes(chunk, posthoc_bottleneck),
             prepare=lambda chunk: bottleneck.decode(chunk).to(self.dtype),
             windows=(lookahead_frames, context_frames, step_frames),
+            compile_mode=compile_mode,
         )
         return _without_gradients(stream)
 
@@ -1341,13 +1402,15 @@ class StableCodecModel(StableCodecPreTrainedModel):
         lookahead_frames: int | None = None,
         context_frames: int | None = None,
         step_frames: int = 1,
+        compile_mode: str | None = None,
     ) -> Iterator[torch.Tensor]:
         r"""
         Encodes audio as it is recorded: a generator of code chunks `(batch_size, tokens_per_step, frames)` for
         audio chunks `(batch_size, 1, samples)` of any sizes (model input, as the feature extractor prepares it;
         the loudness normalization of a whole file cannot stream). The same windows as `decode_stream`, over the
         encoder's receptive field: with the defaults the codes are `encode`'s (up to latents within float rounding
-        of an FSQ level boundary); a last, partial frame is zero-padded as `encode` pads it.
+        of an FSQ level boundary); a last, partial frame is zero-padded as `encode` pads it. `compile_mode` as for
+        `decode_stream`, for the encoder.
         """
         bottleneck = self._bottleneck(posthoc_bottleneck)
         stream = self._run_stream(
@@ -1356,6 +1419,7 @@ class StableCodecModel(StableCodecPreTrainedModel):
             check=lambda chunk: self._check_audio(chunk, None),
             prepare=lambda chunk: chunk.to(self.dtype),
             windows=(lookahead_frames, context_frames, step_frames),
+            compile_mode=compile_mode,
         )
         return _without_gradients(bottleneck(latents)[1] for latents in stream)
 
