@@ -98,12 +98,12 @@ def steady_split(process: dict) -> dict | None:
         return None
     wall = process["wall_seconds"] - first["wall_seconds"]
     seconds = {name: value - first["seconds"][name] for name, value in process["seconds"].items()}
-    device = {name: value - first["device_seconds"][name] for name, value in process["device_seconds"].items()}
+    device = {name: value - first["device_seconds"][name] for name, value in (process["device_seconds"] or {}).items()}
     return {
         "wall_seconds": wall,
         "seconds": seconds,
         "device_seconds": device,
-        "model_busy_fraction": device["model"] / wall if wall > 0 and device["model"] else None,
+        "model_busy_fraction": device["model"] / wall if wall > 0 and device else None,
     }
 
 

@@ -275,3 +275,14 @@ def test_clips_the_extractor_would_refuse_are_failures_not_crashes(tmp_path):
     assert clips[0].error is None
     assert "800 Hz is outside the supported 1000 to 384000 Hz" in clips[1].error
     assert "more channels (3) than samples (2)" in clips[2].error
+
+
+def test_an_audio_folder_needs_no_datasets(corpus, model_dir, tmp_path):
+    code = (
+        "import sys; sys.modules['datasets'] = None  # as if it were not installed\n"
+        "from transformers_stable_codec.tokenize import main; sys.exit(main(sys.argv[1:]))"
+    )
+    arguments = [str(corpus), "--output-dir", str(tmp_path), "--model", str(model_dir), "--cpu", "--num-workers", "0"]
+    result = subprocess.run([sys.executable, "-c", code, *arguments], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr  # 1: the broken file
+    assert json.loads((tmp_path / "manifest.json").read_text())["clips"] == len(SENTENCES)

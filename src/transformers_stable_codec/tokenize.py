@@ -61,13 +61,22 @@ class TokenizeError(Exception):
 @dataclasses.dataclass
 class Clip:
     """One decoded clip: (channels, samples) float32 at its own rate, or the reason it could not be decoded; `window`:
-    the window of the share it belongs to."""
+    the window of the share it belongs to. The waveform is let go once it is on the device; `num_samples` stays."""
 
     id: str
     waveform: np.ndarray | torch.Tensor | None = None
     sampling_rate: int = 0
     error: str | None = None
     window: int = -1
+    num_samples: int = dataclasses.field(init=False, default=0)
+
+    def __post_init__(self):
+        if self.waveform is not None:
+            self.num_samples = self.waveform.shape[-1]
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_samples / self.sampling_rate
 
     def pin_memory(self) -> "Clip":
         """The DataLoader's pinning thread calls this: the waveform moves to pinned memory, from which the copy to
@@ -155,6 +164,7 @@ def open_source(args):
     location = pathlib.Path(args.input)
     if location.is_dir() and not (location / "dataset_info.json").is_file() and not list_data_files(location):
         return FolderSource(location)
+    require_extras("datasets")  # an audio folder does not need it
     import datasets
 
     if location.is_dir() and (location / "dataset_info.json").is_file():
@@ -259,7 +269,7 @@ class Batcher:
         return -(-self.resampled_length(clip) // self.bucket) * self.bucket
 
     def resampled_length(self, clip: Clip) -> int:
-        return audio_processing.resampled_length(clip.waveform.shape[-1], clip.sampling_rate, self.sampling_rate)
+        return audio_processing.resampled_length(clip.num_samples, clip.sampling_rate, self.sampling_rate)
 
     def rows(self, length: int) -> int:
         return max(1, int(self.batch_samples // length))
@@ -309,9 +319,9 @@ class Tokenizer:
         # High priority: the extractor waits for some of its results on the host (its checks), which would otherwise
         # wait behind the model's kernels.
         self.side_stream = torch.cuda.Stream(self.device, priority=-1) if self.device.type == "cuda" else None
-        # Host seconds of each step (waiting included), and device seconds between each step's CUDA events.
+        # Host seconds of each step (waiting included), and device seconds between each step's CUDA events (GPUs).
         self.seconds = {"preparing": 0.0, "launching": 0.0, "waiting_for_model": 0.0}
-        self.device_seconds = {"preprocessing": 0.0, "model": 0.0}
+        self.device_seconds = {"preprocessing": 0.0, "model": 0.0} if self.side_stream is not None else None
 
     def event(self, stream):
         if stream is None:
@@ -346,6 +356,10 @@ class Tokenizer:
                 padding_mask = torch.nn.functional.pad(padding_mask, (0, extra_samples))
                 padding_mask = torch.nn.functional.pad(padding_mask, (0, 0, 0, extra_rows), value=1)
             ready = self.event(self.side_stream)
+        for clip in batch.clips:
+            # Pinned memory is reused only once the copies from it are done (torch records them): let it go now, so
+            # that the host holds only the audio not yet on the device.
+            clip.waveform = None
         self.seconds["preparing"] += time.perf_counter() - start
         return Prepared(batch, input_values, padding_mask, started, ready)
 
@@ -456,7 +470,7 @@ def window_table(rows: list[tuple[Clip, np.ndarray]]):
         pa.array([clip.id for clip, _ in rows], pa.string()),
         audio_codes,
         pa.array(frames),
-        pa.array([clip.waveform.shape[-1] / clip.sampling_rate for clip, _ in rows], pa.float64()),
+        pa.array([clip.duration_s for clip, _ in rows], pa.float64()),
     ]
     return pa.Table.from_arrays(columns, schema=schema)
 
@@ -540,7 +554,7 @@ class WindowWriter:
         failures = [{"id": clip.id, "reason": clip.error} for clip in window.clips if clip.error is not None]
         write_window(self.output_dir, shard_name(self.rank, self.world_size, window.index), rows, failures)
         self.seconds += time.perf_counter() - start
-        self.audio_seconds += sum(clip.waveform.shape[-1] / clip.sampling_rate for clip, _ in rows)
+        self.audio_seconds += sum(clip.duration_s for clip, _ in rows)
         elapsed = time.perf_counter() - self.started
         if self.windows_written == 0:
             self.on_first_window(self.audio_seconds, elapsed)
@@ -686,7 +700,7 @@ def run(args) -> dict:
             audio_seconds=audio_seconds,
             wall_seconds=wall_seconds,
             seconds=counters(),
-            device_seconds=dict(tokenizer.device_seconds),
+            device_seconds=tokenizer.device_seconds and dict(tokenizer.device_seconds),
         )
 
     writer = WindowWriter(output_dir, rank, world_size, progress, on_first_window)
@@ -735,8 +749,8 @@ def run(args) -> dict:
         ),
         # Host seconds: the main thread's steps (waiting included), and the writer thread's (overlapping them).
         "seconds": counters(),
-        # Device seconds between CUDA events: the side stream's preprocessing and the main stream's model and copy.
-        "device_seconds": dict(tokenizer.device_seconds),
+        # Device seconds between CUDA events (GPUs): the side stream's preprocessing, the main stream's model and copy.
+        "device_seconds": tokenizer.device_seconds and dict(tokenizer.device_seconds),
     }
     (output_dir / "stats").mkdir(exist_ok=True)
     write_atomically(output_dir / "stats" / f"rank-{rank:05d}.json", lambda path: path.write_text(json.dumps(stats)))
@@ -800,9 +814,10 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def require_extras() -> None:
-    """Accelerate, datasets and pyarrow are an extra: say how to get them rather than fail on an import."""
-    for module in ("accelerate", "datasets", "pyarrow"):
+def require_extras(*modules: str) -> None:
+    """Accelerate, pyarrow and (for dataset inputs) datasets are an extra: say how to get them rather than fail on an
+    import."""
+    for module in modules:
         try:
             __import__(module)
         except ImportError:
@@ -814,7 +829,7 @@ def require_extras() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        require_extras()
+        require_extras("accelerate", "pyarrow")
         manifest = run(args)
     except TokenizeError as error:
         print(f"stable-codec tokenize: error: {error}", file=sys.stderr)
