@@ -286,3 +286,53 @@ def test_an_audio_folder_needs_no_datasets(corpus, model_dir, tmp_path):
     result = subprocess.run([sys.executable, "-c", code, *arguments], capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr  # 1: the broken file
     assert json.loads((tmp_path / "manifest.json").read_text())["clips"] == len(SENTENCES)
+
+
+def test_a_streamed_dataset_gives_the_rows_of_its_files_and_resumes_after_a_kill(
+    one_process, corpus, model_dir, tmp_path
+):
+    from datasets import Audio, Dataset
+
+    names = [name for name, *_ in SENTENCES]
+    dataset = Dataset.from_dict({"path": names, "audio": [str(corpus / name) for name in names]})
+    dataset = dataset.cast_column("audio", Audio())
+    (tmp_path / "dataset").mkdir()
+    for number, start in enumerate((0, 3)):  # two files: two shards of the stream, one per worker
+        dataset.select(range(start, start + 3)).to_parquet(tmp_path / "dataset" / f"clips-{number}.parquet")
+    options = ["--streaming", "--id-column", "path", "--num-workers", "2"]
+    expected = rows_by_id(one_process)
+
+    result = tokenize(tmp_path / "dataset", tmp_path / "whole", model_dir, *options)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rows_by_id(tmp_path / "whole") == expected
+
+    process = tokenize(
+        tmp_path / "dataset", tmp_path / "killed", model_dir, *options, "--window-clips", "1", wait=False
+    )
+    deadline = time.monotonic() + 300
+    while len(list(tmp_path.glob("killed/windows/*.json"))) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(list(tmp_path.glob("killed/windows/*.json"))) < len(SENTENCES)
+    # The stream's order depends on the workers: resuming with others is refused.
+    result = tokenize(
+        tmp_path / "dataset", tmp_path / "killed", model_dir, *options, "--window-clips", "1", "--num-workers", "1"
+    )
+    assert result.returncode == 2 and "streamed_by_workers: 2 there, 1 now" in result.stderr
+    result = tokenize(tmp_path / "dataset", tmp_path / "killed", model_dir, *options, "--window-clips", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rows_by_id(tmp_path / "killed") == expected
+    assert json.loads((tmp_path / "killed" / "manifest.json").read_text())["clips"] == len(SENTENCES)
+
+
+def test_streaming_needs_a_dataset_and_an_id_column(corpus, model_dir, tmp_path):
+    result = tokenize(corpus, tmp_path / "folder", model_dir, "--streaming")
+    assert result.returncode == 2 and "--streaming is for datasets" in result.stderr
+    from datasets import Audio, Dataset
+
+    dataset = Dataset.from_dict({"audio": [str(corpus / SENTENCES[0][0])]}).cast_column("audio", Audio())
+    dataset.to_parquet(tmp_path / "clips.parquet")
+    result = tokenize(tmp_path / "clips.parquet", tmp_path / "tokens", model_dir, "--streaming")
+    assert result.returncode == 2 and "--streaming needs --id-column" in result.stderr

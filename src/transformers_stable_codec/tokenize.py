@@ -4,19 +4,21 @@
     accelerate launch --num_processes N -m transformers_stable_codec.tokenize INPUT --output-dir OUT ...
 
 INPUT is a folder of audio files (searched recursively), a `datasets` dataset saved with `save_to_disk`, Parquet or
-Arrow files (a file or a folder of them), or a Hub dataset id. Each process takes every N-th clip, decodes clips in
-DataLoader workers, cuts its share into windows of `--window-clips` clips, sorts each window by length into batches
-of at most `--batch-seconds` of padded audio, preprocesses them on its device (the feature extractor's resampler and
-loudness meter), encodes them and writes one Parquet shard per window, atomically. A run that is killed and started
-again with the same command skips the windows whose shard exists, so no clip is lost or written twice, and the result
-equals an uninterrupted run's. Unreadable or invalid clips are listed with their reason beside their window's shard
-and in `manifest.json`, which the first process writes at the end (docs/tokenize.md).
+Arrow files (a file or a folder of them), or a Hub dataset id, also streamed (`--streaming`). Each process takes every
+N-th clip (a stream: its part by `split_dataset_by_node`), decodes clips in DataLoader workers, cuts its share into
+windows of `--window-clips` clips, batches clips of one padded length up to `--batch-seconds` of padded audio,
+preprocesses them on its device (the feature extractor's resampler and loudness meter), encodes them and writes one
+Parquet shard per window, atomically. On a GPU the copies, the preprocessing, the model and the writing overlap. A run
+that is killed and started again with the same command skips the windows whose shard exists, so no clip is lost or
+written twice, and the result equals an uninterrupted run's. Unreadable or invalid clips are listed with their reason
+beside their window's shard and in `manifest.json`, which the first process writes at the end (docs/tokenize.md).
 """
 
 import argparse
 import contextlib
 import dataclasses
 import io
+import itertools
 import json
 import math
 import os
@@ -68,6 +70,7 @@ class Clip:
     sampling_rate: int = 0
     error: str | None = None
     window: int = -1
+    done_before: bool = False  # a streamed clip of a window an earlier run wrote: passed on undecoded
     num_samples: int = dataclasses.field(init=False, default=0)
 
     def __post_init__(self):
@@ -134,14 +137,7 @@ class DatasetSource:
     is the id column's value, or its row number."""
 
     def __init__(self, dataset, audio_column: str, id_column: str | None):
-        from datasets import Audio
-
-        for name in (audio_column, id_column):
-            if name is not None and name not in dataset.column_names:
-                raise TokenizeError(f"the dataset has no column {name!r}; its columns: {dataset.column_names}.")
-        if not isinstance(dataset.features[audio_column], Audio):
-            raise TokenizeError(f"column {audio_column!r} is not an Audio column: {dataset.features[audio_column]}.")
-        self.dataset = dataset.cast_column(audio_column, Audio(decode=False))
+        self.dataset = undecoded_audio(dataset, audio_column, id_column)
         self.audio_column = audio_column
         ids = self.dataset[id_column] if id_column else range(len(dataset))
         self.ids = [str(value) for value in ids]
@@ -159,10 +155,64 @@ class DatasetSource:
         return Clip(self.ids[index], waveform, rate)
 
 
+def undecoded_audio(dataset, audio_column: str, id_column: str | None):
+    """The dataset (or stream) with its audio column read undecoded, once its columns are checked."""
+    from datasets import Audio
+
+    columns = list(dataset.features or {})  # a stream may not know its features before it is read
+    for name in (audio_column, id_column):
+        if columns and name is not None and name not in columns:
+            raise TokenizeError(f"the dataset has no column {name!r}; its columns: {columns}.")
+    if columns and not isinstance(dataset.features[audio_column], Audio):
+        raise TokenizeError(f"column {audio_column!r} is not an Audio column: {dataset.features[audio_column]}.")
+    return dataset.cast_column(audio_column, Audio(decode=False))
+
+
+class StreamSource:
+    """A streamed dataset (`datasets.IterableDataset`, `--streaming`): clips known only as they come, so a clip's id
+    is the id column's value, which a resumed run matches against the windows written before."""
+
+    def __init__(self, stream, audio_column: str, id_column: str | None):
+        if id_column is None:
+            raise TokenizeError("--streaming needs --id-column: a resumed run recognizes the clips done by their ids.")
+        self.stream = undecoded_audio(stream, audio_column, id_column)
+        self.audio_column, self.id_column = audio_column, id_column
+
+
+class StreamedClips(torch.utils.data.IterableDataset):
+    """This process's part of a stream (`split_dataset_by_node`), decoded in the DataLoader workers. `datasets` gives
+    each worker its own shards of the stream, and the DataLoader takes one clip from each worker in turn, so the order
+    is fixed by the stream's shards, the number of processes and the number of workers. Clips whose id is in
+    `done_ids` (windows of an earlier run) are passed on undecoded."""
+
+    def __init__(self, source: StreamSource, rank: int, world_size: int, done_ids: set[str]):
+        from datasets.distributed import split_dataset_by_node
+
+        self.stream = split_dataset_by_node(source.stream, rank=rank, world_size=world_size)
+        self.audio_column, self.id_column, self.done_ids = source.audio_column, source.id_column, done_ids
+
+    def __iter__(self):
+        for example in self.stream:
+            clip_id = str(example[self.id_column])
+            if clip_id in self.done_ids:
+                yield Clip(clip_id, done_before=True)
+                continue
+            try:
+                waveform, rate = decode_audio_cell(example[self.audio_column])
+            except FileFailure as failure:
+                yield Clip(clip_id, error=str(failure))
+                continue
+            yield checked(Clip(clip_id, waveform, rate))
+
+
 def open_source(args):
     """The source INPUT names: a folder of audio, a saved dataset, Parquet/Arrow files, or a Hub dataset id."""
     location = pathlib.Path(args.input)
     if location.is_dir() and not (location / "dataset_info.json").is_file() and not list_data_files(location):
+        if args.streaming:
+            raise TokenizeError(
+                "--streaming is for datasets (Hub ids, Parquet/Arrow files); an audio folder is read in place."
+            )
         return FolderSource(location)
     require_extras("datasets")  # an audio folder does not need it
     import datasets
@@ -171,12 +221,17 @@ def open_source(args):
         dataset = datasets.load_from_disk(str(location))
         if isinstance(dataset, datasets.DatasetDict):
             dataset = dataset[args.split]
+        if args.streaming:
+            dataset = dataset.to_iterable_dataset(num_shards=max(1, args.num_workers))
     elif location.exists():
         files = [location] if location.is_file() else list_data_files(location)
         kind = "parquet" if files[0].suffix == ".parquet" else "arrow"
-        dataset = datasets.load_dataset(kind, data_files=[str(path) for path in files], split="train")
+        files = [str(path) for path in files]
+        dataset = datasets.load_dataset(kind, data_files=files, split="train", streaming=args.streaming)
     else:
-        dataset = datasets.load_dataset(args.input, split=args.split)
+        dataset = datasets.load_dataset(args.input, split=args.split, streaming=args.streaming)
+    if args.streaming:
+        return StreamSource(dataset, args.audio_column, args.id_column)
     return DatasetSource(dataset, args.audio_column, args.id_column)
 
 
@@ -194,10 +249,14 @@ class ShareOfClips(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, position: int) -> Clip:
-        clip = self.source.decode(self.indices[position])
-        if clip.error is None and (reason := unusable(clip)) is not None:
-            return Clip(clip.id, error=reason)
-        return clip
+        return checked(self.source.decode(self.indices[position]))
+
+
+def checked(clip: Clip) -> Clip:
+    """The clip, or a failure where the feature extractor would refuse it (and with it its whole batch)."""
+    if clip.error is None and (reason := unusable(clip)) is not None:
+        return Clip(clip.id, error=reason)
+    return clip
 
 
 def unusable(clip: Clip) -> str | None:
@@ -401,16 +460,38 @@ class Tokenizer:
         ]
 
 
-def windows_in_background(loader, windows: list[tuple[int, int]], depth: int = 1):
-    """(window index, its clips) for each of `windows` (index, clip count), taken from the loader by a thread, so
-    that receiving the decoded clips from the workers overlaps the model."""
+def listed_windows(loader, windows: list[tuple[int, int]]):
+    """(window index, its clips) for each of `windows` (index, clip count), from a loader of their clips in order."""
+    clips = iter(loader)
+    for index, count in windows:
+        yield index, list(itertools.islice(clips, count))
+
+
+def streamed_windows(loader, window_clips: int, done: dict[int, list[str]]):
+    """(window index, its clips) from a loader of streamed clips, cut into windows of `window_clips`, leaving out the
+    windows `done` (index: ids) by an earlier run, whose clips come undecoded; their ids must be the same again."""
+    clips, index = iter(loader), 0
+    while window := list(itertools.islice(clips, window_clips)):
+        ids = [clip.id for clip in window]
+        # A done window comes back with the same ids (all undecoded); another window holds none of theirs.
+        if ids != done[index] if index in done else any(clip.done_before for clip in window):
+            raise TokenizeError(
+                f"window {index} of the stream holds other clips than the earlier run wrote: the stream (or its "
+                "shards, or --num-workers) changed. Tokenize it into another --output-dir."
+            )
+        if index not in done:
+            yield index, window
+        index += 1
+
+
+def windows_in_background(windows, depth: int = 1):
+    """The (window index, its clips) of `windows`, collected by a thread, so that receiving the decoded clips from
+    the workers overlaps the model."""
     handoff = queue.Queue(maxsize=depth)
 
     def collect():
         try:
-            clips = iter(loader)
-            for index, count in windows:
-                window = [next(clips) for _ in range(count)]
+            for index, window in windows:
                 for clip in window:
                     clip.window = index
                 handoff.put((index, window))
@@ -475,11 +556,23 @@ def window_table(rows: list[tuple[Clip, np.ndarray]]):
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def write_window(output_dir: pathlib.Path, name: str, rows: list[tuple[Clip, np.ndarray]], failures: list[dict]):
-    """The window's journal (its row count and failures), then its shard, each written atomically."""
+def done_windows(output_dir: pathlib.Path, rank: int, world_size: int) -> dict[int, list[str]]:
+    """This process's windows done by an earlier run: index -> the ids of its clips, in order."""
+    done = {}
+    for journal in sorted((output_dir / "windows").glob(f"{rank:05d}-of-{world_size:05d}-window-*.json")):
+        index = int(journal.stem.rsplit("-", 1)[1])
+        if window_done(output_dir, shard_name(rank, world_size, index)):
+            done[index] = json.loads(journal.read_text())["ids"]
+    return done
+
+
+def write_window(
+    output_dir: pathlib.Path, name: str, ids: list[str], rows: list[tuple[Clip, np.ndarray]], failures: list[dict]
+):
+    """The window's journal (its row count, failures and clip ids), then its shard, each written atomically."""
     import pyarrow.parquet as pq
 
-    text = json.dumps({"rows": len(rows), "failures": failures}, indent=1) + "\n"
+    text = json.dumps({"rows": len(rows), "failures": failures, "ids": ids}, indent=1) + "\n"
     journal_path(output_dir, name).parent.mkdir(exist_ok=True)
     write_atomically(journal_path(output_dir, name), lambda path: path.write_text(text))
     if not rows:
@@ -552,7 +645,8 @@ class WindowWriter:
         order = {clip.id: position for position, clip in enumerate(window.clips)}
         rows = sorted(window.rows, key=lambda row: order[row[0].id])
         failures = [{"id": clip.id, "reason": clip.error} for clip in window.clips if clip.error is not None]
-        write_window(self.output_dir, shard_name(self.rank, self.world_size, window.index), rows, failures)
+        name = shard_name(self.rank, self.world_size, window.index)
+        write_window(self.output_dir, name, [clip.id for clip in window.clips], rows, failures)
         self.seconds += time.perf_counter() - start
         self.audio_seconds += sum(clip.duration_s for clip, _ in rows)
         elapsed = time.perf_counter() - self.started
@@ -565,13 +659,17 @@ class WindowWriter:
         )
 
 
+# Settings a run.json of an earlier version lacks, as that version ran.
+SETTINGS_BEFORE_STREAMING = {"streaming": False, "streamed_by_workers": None}
+
+
 def check_run(output_dir: pathlib.Path, run: dict) -> None:
     """A folder of an earlier run resumes only under the same settings: other ones would share clips out otherwise
     and write some of them twice."""
     path = output_dir / RUN_FILE
     if not path.exists():
         return
-    earlier = json.loads(path.read_text())
+    earlier = {**SETTINGS_BEFORE_STREAMING, **json.loads(path.read_text())}
     differing = sorted(key for key in run if earlier.get(key) != run[key])
     if differing:
         changes = ", ".join(f"{key}: {earlier.get(key)!r} there, {run[key]!r} now" for key in differing)
@@ -652,6 +750,9 @@ def run(args) -> dict:
         "world_size": world_size,
         "window_clips": args.window_clips,
         "batch_seconds": args.batch_seconds,
+        "streaming": args.streaming,
+        # A stream's order depends on the workers sharing out its shards.
+        "streamed_by_workers": args.num_workers if args.streaming else None,
     }
     check_run(output_dir, run_settings)
     source = open_source(args)
@@ -667,12 +768,20 @@ def run(args) -> dict:
     accelerator.wait_for_everyone()
 
     # This process's share, cut into windows; windows whose shard exists are done (an earlier, killed run).
-    share = list(range(rank, len(source), world_size))
-    windows = [share[start : start + args.window_clips] for start in range(0, len(share), args.window_clips)]
-    todo = [index for index in range(len(windows)) if not window_done(output_dir, shard_name(rank, world_size, index))]
-    indices = [clip for index in todo for clip in windows[index]]
+    if args.streaming:
+        done = done_windows(output_dir, rank, world_size)
+        clips = StreamedClips(source, rank, world_size, {clip_id for ids in done.values() for clip_id in ids})
+        total = None  # a stream's length is known at its end
+    else:
+        share = list(range(rank, len(source), world_size))
+        windows = [share[start : start + args.window_clips] for start in range(0, len(share), args.window_clips)]
+        todo = [
+            index for index in range(len(windows)) if not window_done(output_dir, shard_name(rank, world_size, index))
+        ]
+        indices = [clip for index in todo for clip in windows[index]]
+        clips, total = ShareOfClips(source, indices), len(indices)
     loader = torch.utils.data.DataLoader(
-        ShareOfClips(source, indices),
+        clips,
         batch_size=None,
         num_workers=args.num_workers,
         # The workers decode the next window while the device codes this one.
@@ -683,7 +792,7 @@ def run(args) -> dict:
     from tqdm.auto import tqdm
 
     progress = tqdm(
-        total=len(indices),
+        total=total,
         unit="clip",
         disable=not accelerator.is_main_process,
         desc=f"tokenizing ({world_size} proc.)",
@@ -718,16 +827,23 @@ def run(args) -> dict:
                 writer.add(tokenizer.finish(launched))
             launched = queued
 
-    windows_decoded = windows_in_background(loader, [(index, len(windows[index])) for index in todo])
+    if args.streaming:
+        windows_decoded = windows_in_background(streamed_windows(loader, args.window_clips, done))
+    else:
+        windows_decoded = windows_in_background(
+            listed_windows(loader, [(index, len(windows[index])) for index in todo])
+        )
+    clips_seen = 0
     while True:
         waited = time.perf_counter()
         window = next(windows_decoded, None)
         seconds["waiting_for_audio"] += time.perf_counter() - waited
         if window is None:
             break
-        index, clips = window
-        writer.open_window(index, clips)
-        run_batches(batcher.add([clip for clip in clips if clip.error is None]))
+        index, window_clips = window
+        clips_seen += len(window_clips)
+        writer.open_window(index, window_clips)
+        run_batches(batcher.add([clip for clip in window_clips if clip.error is None]))
     run_batches(batcher.flush())
     if launched is not None:
         writer.add(tokenizer.finish(launched))
@@ -737,7 +853,7 @@ def run(args) -> dict:
     stats = {
         "rank": rank,
         "device": str(device),
-        "clips": len(indices),
+        "clips": clips_seen,
         "audio_seconds": writer.audio_seconds,
         "wall_seconds": elapsed,
         "realtime_factor": writer.audio_seconds / elapsed if elapsed else None,
@@ -790,6 +906,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--split", default="train", help="dataset split (saved DatasetDicts and Hub datasets)")
     parser.add_argument("--audio-column", default="audio")
     parser.add_argument("--id-column", help="column naming each clip (default: its row number)")
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="stream the dataset (for corpora larger than the disk); needs --id-column, and resuming the same "
+        "--num-workers",
+    )
     return parser
 
 
