@@ -161,14 +161,18 @@ def test_two_processes_give_the_same_rows(one_process, corpus, model_dir, tmp_pa
     assert (manifest["world_size"], manifest["failed"], len(manifest["processes"])) == (2, 1, 2)
 
 
-def test_a_killed_run_resumes_without_losing_or_repeating_a_clip(one_process, corpus, model_dir, tmp_path):
-    process = tokenize(corpus, tmp_path, model_dir, "--window-clips", "1", wait=False)
+def kill_after_two_windows(process, output_dir) -> None:
+    """SIGKILL to the run (all its processes) once it has written two windows."""
     deadline = time.monotonic() + 300
-    while len(list(tmp_path.glob("windows/*.json"))) < 2:
+    while len(list(output_dir.glob("windows/*.json"))) < 2:
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def test_a_killed_run_resumes_without_losing_or_repeating_a_clip(one_process, corpus, model_dir, tmp_path):
+    kill_after_two_windows(tokenize(corpus, tmp_path, model_dir, "--window-clips", "1", wait=False), tmp_path)
     written = len(list(tmp_path.glob("windows/*.json")))
     assert 2 <= written < len(SENTENCES) + 1 and not (tmp_path / "manifest.json").exists()
     result = tokenize(corpus, tmp_path, model_dir, "--window-clips", "1")
@@ -309,12 +313,7 @@ def test_a_streamed_dataset_gives_the_rows_of_its_files_and_resumes_after_a_kill
     process = tokenize(
         tmp_path / "dataset", tmp_path / "killed", model_dir, *options, "--window-clips", "1", wait=False
     )
-    deadline = time.monotonic() + 300
-    while len(list(tmp_path.glob("killed/windows/*.json"))) < 2:
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_after_two_windows(process, tmp_path / "killed")
     assert len(list(tmp_path.glob("killed/windows/*.json"))) < len(SENTENCES)
     # The stream's order depends on the workers: resuming with others is refused.
     result = tokenize(
