@@ -107,6 +107,29 @@ def steady_split(process: dict) -> dict | None:
     }
 
 
+def codes_by_id(output_dir: pathlib.Path) -> dict:
+    import pyarrow.parquet as pq
+
+    codes = {}
+    for shard in sorted(output_dir.glob("train-*.parquet")):
+        table = pq.read_table(shard, columns=["id", "audio_codes"]).to_pydict()
+        codes.update(zip(table["id"], table["audio_codes"]))
+    return codes
+
+
+def agreement(runs: list[dict]) -> None:
+    """Each run's share of clips whose codes equal those of the first run with its batch size (same shapes, so the
+    same kernels): a race in a pipeline would show as differences, and the baseline's second run as a reference."""
+    first = {}
+    for run in runs:
+        if "output_dir" not in run:
+            continue
+        codes = codes_by_id(pathlib.Path(run["output_dir"]))
+        reference = first.setdefault(run["batch_seconds"], (run["code"], codes))
+        same = sum(codes.get(clip_id) == value for clip_id, value in reference[1].items())
+        run["same_codes_as_first_run"] = {"first_run": reference[0], "clips": len(reference[1]), "same": same}
+
+
 def run_once(args, code: str, batch_seconds: str, options: list[str], model_dir, timeout: float) -> dict:
     source = {"branch": REPO / "src", "baseline": args.baseline_src}[code]
     output_dir = args.work_dir / f"tokens-{code}-{batch_seconds}-{time.strftime('%H%M%S')}"
@@ -145,6 +168,7 @@ def run_once(args, code: str, batch_seconds: str, options: list[str], model_dir,
     first_wall = (process.get("first_window") or {}).get("wall_seconds", 0.0)
     loop_start = loop_end - process["wall_seconds"]
     summary.update(
+        output_dir=str(output_dir),
         clips=manifest["clips"],
         audio_hours=manifest["audio_hours"],
         wall_seconds_with_startup=wall,
@@ -161,12 +185,13 @@ def run_once(args, code: str, batch_seconds: str, options: list[str], model_dir,
 
 def markdown(runs: list[dict]) -> str:
     lines = [
-        "| code | batch | whole run | after the first window | GPU busy (NVML) | model busy (events) | time split |",
-        "|---|---|---|---|---|---|---|",
+        "| code | batch | whole run | after the first window | GPU busy (NVML) | model busy (events) | time split "
+        "| codes as the first run's |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         if "realtime_factor" not in run:
-            lines.append(f"| {run['code']} | {run['batch_seconds']:g} s | failed: exit {run['exit_code']} | | | | |")
+            lines.append(f"| {run['code']} | {run['batch_seconds']:g} s | failed: exit {run['exit_code']} | | | | | |")
             continue
         steady = run["steady"]
         if steady:  # after the first window
@@ -178,11 +203,13 @@ def markdown(runs: list[dict]) -> str:
         split += ", ".join(f"{name.replace('_', ' ')} {value:.2f} s" for name, value in parts.items())
         utilization = run["gpu_utilization_after_first_window"]
         busy = steady and steady["model_busy_fraction"]
+        same = run["same_codes_as_first_run"]
+        agreeing = f"{same['same']}/{same['clips']} ({same['first_run']})"
         lines.append(
             f"| {run['code']} | {run['batch_seconds']:g} s | {run['realtime_factor']:,.0f}x "
             f"| **{run['realtime_factor_after_first_window'] or 0:,.0f}x** "
             f"| {'n/a' if utilization is None else f'{utilization:.0%}'} | {f'{busy:.0%}' if busy else 'n/a'} "
-            f"| {split} |"
+            f"| {split} | {agreeing} |"
         )
     return "\n".join(lines)
 
@@ -224,6 +251,7 @@ def main() -> None:
             continue
         print(f"--- {code}, batch {batch_seconds} s", flush=True)
         summary["runs"].append(run_once(args, code, batch_seconds, options, model_dir, timeout=left))
+        agreement(summary["runs"])
         summary["table"] = markdown(summary["runs"])
         if args.json:  # after every run: a run cut short by the device's time limit leaves the earlier ones
             args.json.write_text(json.dumps(summary, indent=2) + "\n")
