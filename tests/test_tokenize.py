@@ -309,6 +309,9 @@ def test_a_streamed_dataset_gives_the_rows_of_its_files_and_resumes_after_a_kill
     result = tokenize(tmp_path / "dataset", tmp_path / "whole", model_dir, *options)
     assert result.returncode == 0, result.stdout + result.stderr
     assert rows_by_id(tmp_path / "whole") == expected
+    result = tokenize(tmp_path / "dataset", tmp_path / "two", model_dir, *options, processes=2)  # a shard each
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rows_by_id(tmp_path / "two") == expected
 
     process = tokenize(
         tmp_path / "dataset", tmp_path / "killed", model_dir, *options, "--window-clips", "1", wait=False
