@@ -131,7 +131,7 @@ def agreement(runs: list[dict]) -> None:
 
 
 def run_once(args, code: str, batch_seconds: str, options: list[str], model_dir, timeout: float) -> dict:
-    source = {"branch": REPO / "src", "baseline": args.baseline_src}[code]
+    source = {"branch": REPO / "src", "baseline": args.baseline_src and args.baseline_src.resolve()}[code]
     output_dir = args.work_dir / f"tokens-{code}-{batch_seconds}-{time.strftime('%H%M%S')}"
     command = [
         sys.executable,
