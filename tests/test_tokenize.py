@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import soundfile
 import torch
@@ -109,20 +110,26 @@ def one_process(corpus, model_dir, tmp_path_factory) -> pathlib.Path:
     return output_dir
 
 
+def encoded_alone(model, path) -> torch.Tensor:
+    """The codes of the file's frames, the file encoded alone."""
+    extractor = StableCodecFeatureExtractor(sampling_rate=model.sampling_rate, hop_length=model.hop_length)
+    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    features = extractor(audio.T, sampling_rate=rate, return_tensors="pt")
+    with torch.no_grad():
+        alone = model.encode(**features, posthoc_bottleneck="2x15625_700bps")
+    return alone.audio_codes[0, :, : int(alone.audio_codes_mask.sum())]
+
+
 def test_every_clip_gets_the_codes_it_gets_alone(one_process, corpus, model_dir):
     rows = rows_by_id(one_process)
     assert sorted(rows) == sorted(name for name, *_ in SENTENCES)
     model = StableCodecModel.from_pretrained(model_dir).eval()
-    extractor = StableCodecFeatureExtractor(sampling_rate=model.sampling_rate, hop_length=model.hop_length)
     for name, *_ in SENTENCES:
-        audio, rate = soundfile.read(corpus / name, dtype="float32", always_2d=True)
-        features = extractor(audio.T, sampling_rate=rate, return_tensors="pt")
-        with torch.no_grad():
-            alone = model.encode(**features, posthoc_bottleneck="2x15625_700bps")
-        frames = int(alone.audio_codes_mask.sum())
+        alone = encoded_alone(model, corpus / name)
         row = rows[name]
-        assert row["num_frames"] == frames and row["duration_s"] == pytest.approx(audio.shape[0] / rate)
-        assert torch.equal(torch.tensor(row["audio_codes"]), alone.audio_codes[0, :, :frames]), name
+        duration = soundfile.info(corpus / name).frames / soundfile.info(corpus / name).samplerate
+        assert row["num_frames"] == alone.shape[-1] and row["duration_s"] == pytest.approx(duration)
+        assert torch.equal(torch.tensor(row["audio_codes"]), alone), name
     # The codes decode with the model that made them.
     codes = torch.tensor(rows["rice.wav"]["audio_codes"])[None]
     audio = model.decode(codes, posthoc_bottleneck="2x15625_700bps").audio_values
@@ -154,14 +161,18 @@ def test_two_processes_give_the_same_rows(one_process, corpus, model_dir, tmp_pa
     assert (manifest["world_size"], manifest["failed"], len(manifest["processes"])) == (2, 1, 2)
 
 
-def test_a_killed_run_resumes_without_losing_or_repeating_a_clip(one_process, corpus, model_dir, tmp_path):
-    process = tokenize(corpus, tmp_path, model_dir, "--window-clips", "1", wait=False)
+def kill_after_two_windows(process, output_dir) -> None:
+    """SIGKILL to the run (all its processes) once it has written two windows."""
     deadline = time.monotonic() + 300
-    while len(list(tmp_path.glob("windows/*.json"))) < 2:
+    while len(list(output_dir.glob("windows/*.json"))) < 2:
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def test_a_killed_run_resumes_without_losing_or_repeating_a_clip(one_process, corpus, model_dir, tmp_path):
+    kill_after_two_windows(tokenize(corpus, tmp_path, model_dir, "--window-clips", "1", wait=False), tmp_path)
     written = len(list(tmp_path.glob("windows/*.json")))
     assert 2 <= written < len(SENTENCES) + 1 and not (tmp_path / "manifest.json").exists()
     result = tokenize(corpus, tmp_path, model_dir, "--window-clips", "1")
@@ -201,3 +212,129 @@ def test_a_missing_extra_is_named_with_the_install_command(corpus, model_dir, tm
     status = corpus_tokenizer.main([str(corpus), "--output-dir", str(tmp_path / "out"), "--model", str(model_dir)])
     assert status == 2 and "transformers-stable-codec[tokenize]" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_fixed_shape_batches_filled_up_with_silence_give_each_clip_its_codes_alone(corpus, model_dir):
+    """What `--compile` runs: batches of one padded length hold a fixed number of rows, the missing ones silent, and
+    batch k + 1 is launched before batch k's codes are collected."""
+    from transformers_stable_codec.tokenize import Batcher, Clip, Tokenizer
+
+    model = StableCodecModel.from_pretrained(model_dir).eval()
+    extractor = StableCodecFeatureExtractor(sampling_rate=model.sampling_rate, hop_length=model.hop_length)
+    clips = []
+    for window, (name, *_) in enumerate(SENTENCES):
+        audio, rate = soundfile.read(corpus / name, dtype="float32", always_2d=True)
+        clips.append(Clip(name, audio.T, rate, window=window // 3))
+    batcher = Batcher(model.sampling_rate, model.hop_length, 1.0, 12.0, fixed_shapes=True)  # 4 rows of 3 s
+    batches = batcher.add(clips[:3]) + batcher.add(clips[3:]) + batcher.flush()
+    assert sorted(clip.id for batch in batches for clip in batch.clips) == sorted(clip.id for clip in clips)
+    assert any(batch.rows > len(batch.clips) for batch in batches)  # some batches are filled up
+    tokenizer = Tokenizer(model, extractor, "2x15625_700bps")
+    rows, launched = {}, None
+    for batch in batches:
+        prepared = tokenizer.prepare(batch)
+        assert prepared.input_values.shape == (batcher.rows(batch.length), 1, batch.length)
+        queued = tokenizer.launch(prepared)
+        if launched is not None:
+            rows.update((clip.id, codes) for clip, codes in tokenizer.finish(launched))
+        launched = queued
+    rows.update((clip.id, codes) for clip, codes in tokenizer.finish(launched))
+    for name, *_ in SENTENCES:
+        assert torch.equal(torch.from_numpy(rows[name]), encoded_alone(model, corpus / name)), name
+
+
+def test_a_batch_waits_for_the_next_window_only():
+    from transformers_stable_codec.tokenize import Batcher, Clip
+
+    def clip(name, samples, window, rate=16000):
+        return Clip(name, np.zeros((1, samples), np.float32), rate, window=window)
+
+    batcher = Batcher(16000, 640, 1.0, 3.0, fixed_shapes=False)  # 3 clips of 1 s per batch
+    clips = [clip(f"{window}-{index}", 16000, window) for window in (0, 1, 2) for index in range(2)]
+    assert batcher.add(clips[:2]) == []  # 2 of 3: waits
+    (full,) = batcher.add(clips[2:4])  # window 1 completes window 0's batch; its second clip waits
+    assert [clip.id for clip in full.clips] == ["0-0", "0-1", "1-0"]
+    batches = batcher.add(clips[4:])  # window 2 joins window 1's clip, a full batch
+    assert [[clip.id for clip in batch.clips] for batch in batches] == [["1-1", "2-0", "2-1"]]
+    assert batcher.flush() == []
+
+    batcher = Batcher(16000, 640, 1.0, 6.0, fixed_shapes=False)  # 6 clips of 1 s, or 3 of 2 s
+    assert batcher.add([clip("a", 16000, 0)]) == []
+    (leftover,) = batcher.add([clip("b", 16000, 1), clip("long", 30000, 1)])  # window 0's clip waits no longer
+    assert [clip.id for clip in leftover.clips] == ["a", "b"] and leftover.rows == 2  # not filled up: not compiled
+    (late,) = batcher.add([clip("short", 160, 2, rate=8000)])  # nor window 1's long clip
+    assert [clip.id for clip in late.clips] == ["long"] and (late.length, late.lengths) == (32000, [30000])
+    (last,) = batcher.flush()
+    assert [clip.id for clip in last.clips] == ["short"] and (last.length, last.lengths) == (16000, [320])
+
+
+def test_clips_the_extractor_would_refuse_are_failures_not_crashes(tmp_path):
+    from transformers_stable_codec.tokenize import FolderSource, ShareOfClips
+
+    soundfile.write(tmp_path / "slow.wav", np.zeros(800, np.float32), 800)
+    soundfile.write(tmp_path / "wide.wav", np.zeros((2, 3), np.float32), 16000)
+    soundfile.write(tmp_path / "fine.wav", np.zeros(1600, np.float32), 16000)
+    clips = ShareOfClips(FolderSource(tmp_path), [0, 1, 2])
+    assert [clip.id for clip in clips] == ["fine.wav", "slow.wav", "wide.wav"]
+    assert clips[0].error is None
+    assert "800 Hz is outside the supported 1000 to 384000 Hz" in clips[1].error
+    assert "more channels (3) than samples (2)" in clips[2].error
+
+
+def test_an_audio_folder_needs_no_datasets(corpus, model_dir, tmp_path):
+    code = (
+        "import sys; sys.modules['datasets'] = None  # as if it were not installed\n"
+        "from transformers_stable_codec.tokenize import main; sys.exit(main(sys.argv[1:]))"
+    )
+    arguments = [str(corpus), "--output-dir", str(tmp_path), "--model", str(model_dir), "--cpu", "--num-workers", "0"]
+    result = subprocess.run([sys.executable, "-c", code, *arguments], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr  # 1: the broken file
+    assert json.loads((tmp_path / "manifest.json").read_text())["clips"] == len(SENTENCES)
+
+
+def test_a_streamed_dataset_gives_the_rows_of_its_files_and_resumes_after_a_kill(
+    one_process, corpus, model_dir, tmp_path
+):
+    from datasets import Audio, Dataset
+
+    names = [name for name, *_ in SENTENCES]
+    dataset = Dataset.from_dict({"path": names, "audio": [str(corpus / name) for name in names]})
+    dataset = dataset.cast_column("audio", Audio())
+    (tmp_path / "dataset").mkdir()
+    for number, start in enumerate((0, 3)):  # two files: two shards of the stream, one per worker
+        dataset.select(range(start, start + 3)).to_parquet(tmp_path / "dataset" / f"clips-{number}.parquet")
+    options = ["--streaming", "--id-column", "path", "--num-workers", "2"]
+    expected = rows_by_id(one_process)
+
+    result = tokenize(tmp_path / "dataset", tmp_path / "whole", model_dir, *options)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rows_by_id(tmp_path / "whole") == expected
+    result = tokenize(tmp_path / "dataset", tmp_path / "two", model_dir, *options, processes=2)  # a shard each
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rows_by_id(tmp_path / "two") == expected
+
+    process = tokenize(
+        tmp_path / "dataset", tmp_path / "killed", model_dir, *options, "--window-clips", "1", wait=False
+    )
+    kill_after_two_windows(process, tmp_path / "killed")
+    assert len(list(tmp_path.glob("killed/windows/*.json"))) < len(SENTENCES)
+    # The stream's order depends on the workers: resuming with others is refused.
+    result = tokenize(
+        tmp_path / "dataset", tmp_path / "killed", model_dir, *options, "--window-clips", "1", "--num-workers", "1"
+    )
+    assert result.returncode == 2 and "streamed_by_workers: 2 there, 1 now" in result.stderr
+    result = tokenize(tmp_path / "dataset", tmp_path / "killed", model_dir, *options, "--window-clips", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rows_by_id(tmp_path / "killed") == expected
+    assert json.loads((tmp_path / "killed" / "manifest.json").read_text())["clips"] == len(SENTENCES)
+
+
+def test_streaming_needs_a_dataset_and_an_id_column(corpus, model_dir, tmp_path):
+    result = tokenize(corpus, tmp_path / "folder", model_dir, "--streaming")
+    assert result.returncode == 2 and "--streaming is for datasets" in result.stderr
+    from datasets import Audio, Dataset
+
+    dataset = Dataset.from_dict({"audio": [str(corpus / SENTENCES[0][0])]}).cast_column("audio", Audio())
+    dataset.to_parquet(tmp_path / "clips.parquet")
+    result = tokenize(tmp_path / "clips.parquet", tmp_path / "tokens", model_dir, "--streaming")
+    assert result.returncode == 2 and "--streaming needs --id-column" in result.stderr
