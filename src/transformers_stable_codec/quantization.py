@@ -38,9 +38,12 @@ def torchao_config(precision: str):
         raise ImportError(
             f"{precision} inference needs torchao: pip install 'transformers-stable-codec[quantization]'"
         ) from None
+    # set_inductor_config=False: torchao would otherwise change process-wide settings when quantizing (TF32 for
+    # float32 matmuls, coordinate-descent tuning that lengthens every later compile), which also alters the models
+    # around it (an fp32 reference, a bf16 model compiled next to the quantized one).
     if precision == "fp8":
-        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-    return Int8DynamicActivationInt8WeightConfig()
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    return Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
 
 
 def check_precision(precision: str) -> None:
