@@ -93,15 +93,15 @@ def run_precision(base: StableCodecModel, precision: str, clips: list, reconstru
     device = next(model.parameters()).device
     out = {"codes": {name: [] for name in BOTTLENECKS}, "latents": [], "audio": []}
     for clip in clips:
-        inputs = clip.to(device, bench.DTYPES[precision])
+        encoded = model.encode(clip.to(device, bench.DTYPES[precision]))
+        out["latents"].append(encoded.latents.float().cpu())
         for name in BOTTLENECKS:
-            encoded = model.encode(inputs, posthoc_bottleneck=None if name == "training" else name)
-            out["codes"][name].append(encoded.audio_codes.cpu())
-            if name == "training":
-                out["latents"].append(encoded.latents.float().cpu())
-                if reconstruct:
-                    audio = model.decode(encoded.audio_codes).audio_values
-                    out["audio"].append(audio.float().cpu()[..., : clip.shape[-1]])
+            # The bottlenecks read the same latents (in float64); one encoder pass serves them all.
+            codes = model._bottleneck(None if name == "training" else name)(encoded.latents)[1]
+            out["codes"][name].append(codes.cpu())
+        if reconstruct:
+            audio = model.decode(encoded.audio_codes).audio_values
+            out["audio"].append(audio.float().cpu()[..., : clip.shape[-1]])
     del model
     return out
 
