@@ -109,6 +109,7 @@ def main(argv=None) -> dict:
     results["shapes"] = {}
     torch.manual_seed(0)
     for name, (fan_in, fan_out) in projection_shapes(load_config(args.config)).items():
+        torch._dynamo.reset()  # every shape compiles `nn.Linear.forward` anew; the recompile limit is per function
         with torch.no_grad():
             built, inputs = paths(torch.nn.Linear(fan_in, fan_out), args.tokens)
         runnable = {key: value for key, value in built.items() if callable(value)}
