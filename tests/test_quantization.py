@@ -1,6 +1,8 @@
 """Low-precision inference (transformers_stable_codec.quantization) on CPU: which layers torchao quantizes, what int8
 costs against fp32 on the demo model, the save / load round trip, and the errors for fp8 where it cannot run."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -16,6 +18,7 @@ from transformers_stable_codec.quantization import (  # noqa: E402
     quantization_config,
     quantize_model,
     quantized_layer_names,
+    torchao_config,
 )
 
 
@@ -122,3 +125,23 @@ def test_fp8_needs_bfloat16_activations():
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="Unknown quantized precision 'int4'"):
         quantization_config("int4")
+
+
+@pytest.mark.slow
+def test_compiled_int8_fuses_activation_quantization_into_the_layer_norm():
+    """The pre-norm block as the model runs it, compiled: the activations' per-token scale (amax / amin) and cast
+    to int8 are computed in the LayerNorm's kernel, and the output's rescale and bias in one kernel after the int8
+    matmul, so quantizing adds no pass over the activations of its own."""
+    from torch._inductor.utils import run_and_get_code
+    from torchao.quantization import quantize_
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.LayerNorm(256), nn.Linear(256, 512)).bfloat16().eval()
+    quantize_(block, torchao_config("int8"))  # quantize_model's filter wants a model's layer names
+    with torch.no_grad():
+        _, code = run_and_get_code(torch.compile(block, fullgraph=True), torch.randn(64, 256).bfloat16())
+    source = "\n".join(code)
+    kernels = re.findall(r"(cpp_fused_\w+) = async_compile", source)
+    assert "_int_mm(" in source
+    assert len(kernels) == 2, kernels
+    assert "native_layer_norm" in kernels[0] and "amax" in kernels[0], kernels
