@@ -60,12 +60,16 @@ import torch
 from benchmarks import report
 from benchmarks.contenders import CONTENDER_LABELS, build_contender
 from tests.model_helpers import speechlike_audio, tiny_config
+from transformers_stable_codec.quantization import quantize_model
 
 
 CONTENDERS = list(CONTENDER_LABELS)
 WORKLOADS = ["encode", "decode", "both"]
 SCENARIOS = report.SCENARIO_ORDER  # any BATCHxSECONDSs works, e.g. 4x30s
-DTYPES = dict(zip(report.DTYPE_ORDER, (torch.float32, torch.bfloat16, torch.float16)))
+# int8 and fp8: ours with its transformer projections quantized by torchao (transformers_stable_codec.quantization),
+# computing in bf16 around them; their ceiling fraction refers to the bf16 matmul ceiling.
+DTYPES = dict(zip(report.DTYPE_ORDER, (torch.float32, torch.bfloat16, torch.float16, torch.bfloat16, torch.bfloat16)))
+QUANTIZED = ("int8", "fp8")
 BACKENDS = report.ATTENTION_ORDER
 COMPILE_MODES = report.COMPILE_ORDER
 PAPER_CONFIG = Path(__file__).resolve().parent / "paper_scale_model_config.json"
@@ -478,8 +482,14 @@ class BenchmarkRun:
                 "notes": self.contender.notes,
             }
         if self.state.get("dtype") != case.dtype:
+            if self.state.get("dtype") in QUANTIZED:  # quantizing cannot be undone: start from fresh weights
+                self.release()
+                return self.contender_for(case)
             self.scenario = None
+            self.state.pop("dtype", None)
             self.contender.to_dtype(DTYPES[case.dtype])
+            if case.dtype in QUANTIZED:
+                quantize_model(self.contender.model, case.dtype)
             self.state.update(dtype=case.dtype, configured=None)
         return self.contender
 
@@ -659,6 +669,9 @@ class BenchmarkRun:
             if failure is not None:
                 self.record(case, *failure)
                 return
+        if case.dtype in QUANTIZED and case.contender != "stable-codec":
+            self.record(case, "skipped", f"{case.dtype}: only ours has a quantized path")
+            return
         stage = "build"
         try:
             self.contender_for(case)

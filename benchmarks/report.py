@@ -13,7 +13,7 @@ from pathlib import Path
 
 FORMAT = "transformers-stable-codec-benchmark/1"
 CONTENDER_ORDER = ["stable-codec", "original", "mimi", "dac", "xcodec2"]
-DTYPE_ORDER = ["fp32", "bf16", "fp16"]
+DTYPE_ORDER = ["fp32", "bf16", "fp16", "int8", "fp8"]
 ATTENTION_ORDER = ["eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_4"]
 COMPILE_ORDER = ["none", "default", "freezing", "reduce-overhead", "max-autotune"]
 SCENARIO_ORDER = ["1x10s", "16x10s", "1x60s", "1x3600s"]

@@ -31,6 +31,7 @@ from .original_checkpoint import (
     read_original_config,
     split_loading_kwargs,
 )
+from .quantization import check_device, loading_device, requested_quantization
 
 
 logger = logging.get_logger(__name__)
@@ -956,7 +957,14 @@ class StableCodecModel(StableCodecPreTrainedModel):
                 f"{folder} holds no Stable Codec checkpoint: expected config.json + model.safetensors (this "
                 f"package's format) or model_config.json + {' or '.join(ORIGINAL_WEIGHT_FILES)} (the original layout)."
             )
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        precision = requested_quantization(kwargs.get("quantization_config"))
+        if precision is not None:
+            check_device(precision, loading_device(kwargs.get("device_map")))
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if precision is not None:
+            # torchao quantizes while loading; a wrong activation dtype would only fail at the first matmul.
+            check_device(precision, model.device, model.dtype)
+        return model
 
     # What on-the-fly conversion honours; other `from_pretrained` arguments are refused by name.
     _ORIGINAL_LAYOUT_KWARGS = {"attn_implementation", "config", "dtype", "torch_dtype", "device_map"}
@@ -1017,6 +1025,10 @@ class StableCodecModel(StableCodecPreTrainedModel):
             raise OriginalCheckpointError(f"the checkpoint's weights do not fit its config: {mismatched[:10]}")
         model.load_state_dict(state_dict, strict=True)
         return model.eval()
+
+    def get_input_embeddings(self) -> None:
+        """None: the input is audio, there is no token embedding (transformers' torchao quantizer asks for it)."""
+        return None
 
     # What a user reads off the model --------------------------------------------------------------------------
 

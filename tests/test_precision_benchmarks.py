@@ -1,0 +1,81 @@
+"""The precision benchmarks on CPU with the tiny model: int8 / fp8 as dtypes of benchmark_codecs.py, the interleaved
+timing of precision_speed.py (ratios per round, failures recorded), and the comparisons of precision_quality.py."""
+
+import json
+import statistics
+
+import pytest
+import torch
+
+
+pytest.importorskip("torchao")
+
+from benchmarks import benchmark_codecs, precision_quality, precision_speed  # noqa: E402
+
+
+def test_int8_and_fp8_are_dtypes_of_the_benchmark(tmp_path):
+    path = tmp_path / "results.json"
+    benchmark_codecs.main(
+        ["--device", "cpu", "--config", "tiny", "--repeats", "1", "--warmup", "1", "--ceiling-size", "128"]
+        + ["--contenders", "stable-codec", "mimi", "--scenarios", "1x2s", "--workloads", "both", "--backends", "sdpa"]
+        + ["--dtypes", "int8", "bf16", "fp8", "--json", str(path)]
+    )
+    cases = {(case["contender"], case["dtype"]): case for case in json.loads(path.read_text())["cases"].values()}
+    assert cases[("stable-codec", "int8")]["status"] == "ok"
+    assert cases[("stable-codec", "bf16")]["status"] == "ok"  # after int8: rebuilt from unquantized weights
+    fp8 = cases[("stable-codec", "fp8")]
+    assert fp8["status"] == "error" and "compute capability" in fp8["reason"]
+    assert cases[("mimi", "int8")]["status"] == "skipped"
+
+
+def test_interleaved_ratios_are_per_round_and_failures_are_recorded(tmp_path):
+    path = tmp_path / "speed.json"
+    precision_speed.main(
+        ["--device", "cpu", "--config", "tiny", "--scenarios", "1x1s", "--rounds", "3", "--warmup", "1"]
+        + ["--variants", "bf16", "int8", "fp8", "--json", str(path)]
+    )
+    (run,) = json.loads(path.read_text())["runs"].values()
+    (scenario,) = run["scenarios"]
+    variants = scenario["variants"]
+    bf16, int8, fp8 = variants["bf16:none"], variants["int8:none"], variants["fp8:none"]
+    assert scenario["baseline"] == "bf16:none" and len(bf16["times_s"]) == len(int8["times_s"]) == 3
+    per_round = [base / quantized for base, quantized in zip(bf16["times_s"], int8["times_s"])]
+    assert int8["speedup_vs_baseline_per_round"] == pytest.approx(per_round)
+    assert int8["speedup_vs_baseline"]["median"] == pytest.approx(statistics.median(per_round))
+    assert int8["throughput_x"] == pytest.approx(scenario["audio_seconds"] / statistics.median(int8["times_s"]))
+    assert int8["quantized_layer_count"] == 24  # 4 projections x 3 layers x 2 sides
+    if not torch.cuda.is_available():
+        assert fp8["status"] == "error" and "compute capability" in fp8["reason"]
+
+
+def test_a_scenario_that_would_not_fit_the_budget_is_left_out_whole(tmp_path):
+    path = tmp_path / "speed.json"
+    precision_speed.main(
+        ["--device", "cpu", "--config", "tiny", "--scenarios", "1x1s", "1x2s", "--rounds", "1", "--warmup", "1"]
+        + ["--variants", "bf16", "fp32", "--time-budget-s", "0.001", "--json", str(path)]
+    )
+    (run,) = json.loads(path.read_text())["runs"].values()
+    statuses = [[entry["status"] for entry in scenario["variants"].values()] for scenario in run["scenarios"]]
+    # The first variant of the first scenario starts (nothing predicts it); the rest would pass the budget.
+    assert statuses[1] == ["not run", "not run"]
+
+
+def test_codes_agreement_and_latent_error_are_what_the_outputs_say():
+    reference = {
+        "codes": {name: [torch.tensor([[1, 2, 3, 4]])] for name in precision_quality.BOTTLENECKS},
+        "latents": [torch.tensor([3.0, 4.0])],
+    }
+    other = {
+        "codes": {name: [torch.tensor([[1, 2, 0, 4]])] for name in precision_quality.BOTTLENECKS},
+        "latents": [torch.tensor([3.0, 4.5])],
+    }
+    compared = precision_quality.compare(other, reference)
+    assert set(compared["codes_agreement"].values()) == {0.75}
+    assert compared["latent_relative_error"] == pytest.approx(0.5 / 5.0)
+
+
+def test_variants_parse():
+    assert precision_speed.parse_variant("fp8:reduce-overhead") == ("fp8", "reduce-overhead")
+    assert precision_speed.parse_variant("int8") == ("int8", "none")
+    with pytest.raises(Exception, match="PRECISION\\[:COMPILE\\]"):
+        precision_speed.parse_variant("int4:none")

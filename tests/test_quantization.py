@@ -1,0 +1,147 @@
+"""Low-precision inference (transformers_stable_codec.quantization) on CPU: which layers torchao quantizes, what int8
+costs against fp32 on the demo model, the save / load round trip, and the errors for fp8 where it cannot run."""
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+
+pytest.importorskip("torchao")
+
+from tests.model_helpers import speechlike, tiny_config  # noqa: E402
+from transformers_stable_codec import StableCodecModel  # noqa: E402
+from transformers_stable_codec.command_support import default_model  # noqa: E402
+from transformers_stable_codec.quantization import (  # noqa: E402
+    check_device,
+    quantization_config,
+    quantize_model,
+    quantized_layer_names,
+    torchao_config,
+)
+
+
+PROJECTIONS = ("attention.qkv_proj", "attention.o_proj", "feed_forward.input_proj", "feed_forward.output_proj")
+
+
+def transformer_projections(config) -> set[str]:
+    """The names the quantized layers must have: four projections in every transformer layer of both sides."""
+    names = set()
+    for side, depths in (("encoder", config.transformer_depths), ("decoder", config.transformer_depths[::-1])):
+        for stage, depth in enumerate(depths):
+            for layer in range(depth):
+                names |= {f"{side}.stages.{stage}.transformer.layers.{layer}.{name}" for name in PROJECTIONS}
+    return names
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected.double()).norm() / expected.double().norm())
+
+
+@pytest.fixture(scope="module")
+def demo_fp32():
+    return StableCodecModel.from_pretrained(default_model()).eval()
+
+
+@pytest.fixture(scope="module")
+def demo_int8():
+    """What a user writes: int8 through transformers' TorchAoConfig while loading."""
+    return StableCodecModel.from_pretrained(default_model(), quantization_config=quantization_config("int8")).eval()
+
+
+def test_int8_quantizes_exactly_the_transformer_projections():
+    torch.manual_seed(0)
+    model = StableCodecModel(tiny_config()).eval()
+    quantized = quantize_model(model, "int8")
+    assert set(quantized) == transformer_projections(model.config)
+    assert len(quantized) == 4 * 2 * sum(model.config.transformer_depths)
+    plain = [name for name, module in model.named_modules() if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d))]
+    assert plain and not set(plain) & set(quantized)
+    # The convolutions, norms and LayerScales keep plain float32 tensors.
+    for name, parameter in model.named_parameters():
+        if not any(name.startswith(layer + ".") for layer in quantized):
+            assert type(parameter.data) is torch.Tensor and parameter.dtype == torch.float32, name
+
+
+def test_from_pretrained_int8_quantizes_the_same_layers(demo_int8):
+    assert set(quantized_layer_names(demo_int8)) == transformer_projections(demo_int8.config)
+
+
+@torch.inference_mode()
+def test_int8_codes_and_latents_stay_close_to_fp32(demo_fp32, demo_int8):
+    """Measured on these clips: 83 % of the training-FSQ tokens equal (a token changes when any of its six channels
+    crosses a level boundary), latents 1.1e-2 off. The lower bound shows that int8 really ran."""
+    audio = speechlike(2, 3.0, seed=1)
+    expected, actual = demo_fp32.encode(audio), demo_int8.encode(audio)
+    agreement = (actual.audio_codes == expected.audio_codes).double().mean().item()
+    error = relative_error(actual.latents, expected.latents)
+    assert agreement >= 0.70, agreement
+    assert 1e-3 < error < 0.025, error
+    decoded = demo_int8.decode(expected.audio_codes).audio_values
+    assert relative_error(decoded, demo_fp32.decode(expected.audio_codes).audio_values) < 0.05
+
+
+def test_int8_save_and_load_round_trip(demo_int8, tmp_path):
+    demo_int8.save_pretrained(tmp_path)  # outside inference mode: torchao's tensors cannot be saved from it
+    reloaded = StableCodecModel.from_pretrained(tmp_path).eval()
+    assert set(quantized_layer_names(reloaded)) == transformer_projections(reloaded.config)
+    audio = speechlike(1, 2.0, seed=2)
+    with torch.inference_mode():
+        expected, actual = demo_int8.encode(audio), reloaded.encode(audio)
+    assert torch.equal(actual.audio_codes, expected.audio_codes)
+    assert torch.equal(actual.latents, expected.latents)
+
+
+def test_layers_the_kernels_cannot_take_stay_in_high_precision():
+    """Width 40 (not a multiple of 16): no projection fits the low-precision matmuls, so none is quantized, and the
+    TorchAoConfig names them all in modules_to_not_convert."""
+    config = tiny_config(hidden_size=40, head_dim=40, channel_multipliers=[1, 1])
+    torch.manual_seed(0)
+    model = StableCodecModel(config).eval()
+    assert set(quantization_config("int8", config).modules_to_not_convert) == transformer_projections(config)
+    assert quantize_model(model, "int8") == []
+    assert quantization_config("int8", tiny_config()).modules_to_not_convert is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_fp8_on_a_cpu_is_refused_clearly(tmp_path):
+    torch.manual_seed(0)
+    model = StableCodecModel(tiny_config()).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="compute capability 8.9 or newer"):
+        quantize_model(model, "fp8")
+    assert quantized_layer_names(model) == []  # refused before anything changed
+    with pytest.raises(ValueError, match="On CPU use int8"):
+        StableCodecModel.from_pretrained(
+            default_model(), dtype=torch.bfloat16, quantization_config=quantization_config("fp8")
+        )
+
+
+def test_fp8_needs_bfloat16_activations():
+    with pytest.raises(ValueError, match="Pass dtype=torch.bfloat16"):
+        check_device("fp8", "cuda", torch.float32)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="Unknown quantized precision 'int4'"):
+        quantization_config("int4")
+
+
+@pytest.mark.slow
+def test_compiled_int8_fuses_activation_quantization_into_the_layer_norm():
+    """The pre-norm block as the model runs it, compiled: the activations' per-token scale (amax / amin) and cast
+    to int8 are computed in the LayerNorm's kernel, and the output's rescale and bias in one kernel after the int8
+    matmul, so quantizing adds no pass over the activations of its own."""
+    from torch._inductor.utils import run_and_get_code
+    from torchao.quantization import quantize_
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.LayerNorm(256), nn.Linear(256, 512)).bfloat16().eval()
+    quantize_(block, torchao_config("int8"))  # quantize_model's filter wants a model's layer names
+    with torch.no_grad():
+        _, code = run_and_get_code(torch.compile(block, fullgraph=True), torch.randn(64, 256).bfloat16())
+    source = "\n".join(code)
+    kernels = re.findall(r"(cpp_fused_\w+) = async_compile", source)
+    assert "_int_mm(" in source
+    assert len(kernels) == 2, kernels
+    assert "native_layer_norm" in kernels[0] and "amax" in kernels[0], kernels
