@@ -7,7 +7,9 @@
 - `torchao int8` / `torchao int8 frozen`: torchao's int8 dynamic-activation / int8-weight tensors (what
   `transformers_stable_codec.quantization` uses), eager and compiled with freezing,
 - `oneDNN int8 frozen`: PT2E export + `X86InductorQuantizer` (dynamic int8 activations), compiled with freezing,
-  which lowers to oneDNN's quantized linear (AMX-INT8 where the CPU has it).
+  which lowers to oneDNN's quantized linear (AMX-INT8 where the CPU has it),
+- `oneDNN int8 kernel alone`: that quantized linear's kernel on activations quantized beforehand (static scale, no
+  quantizing pass): not a route, the ceiling of what the int8 kernels give on this CPU.
 
     PYTHONPATH=src python benchmarks/int8_cpu_matmul.py --json benchmarks/results/int8_cpu_matmul.json
 """
@@ -75,6 +77,37 @@ def onednn_int8(linear: torch.nn.Linear, example: torch.Tensor):
     return call
 
 
+def onednn_int8_kernel_alone(linear: torch.nn.Linear, example: torch.Tensor):
+    """oneDNN's int8 matmul (prepacked per-channel int8 weights, AMX-INT8 where the CPU has it) on activations that are
+    already uint8 with one static scale: no quantizing pass, no calibration. Not a usable route, the ceiling: what any
+    int8 route's kernels could reach on this CPU. The call ignores its argument, multiplying the quantized example."""
+    weight_scales = (linear.weight.abs().amax(dim=1) / 127).float()
+    weight = torch.round(linear.weight / weight_scales[:, None]).clamp(-127, 127).to(torch.int8)
+    packed = torch.ops.onednn.qlinear_prepack(weight, list(example.shape))
+    input_scale = float(example.abs().max()) / 127
+    quantized = (torch.round(example / input_scale) + 128).clamp(0, 255).to(torch.uint8)
+    zero_points = torch.zeros(linear.out_features, dtype=torch.int32)
+
+    def call(_inputs):
+        return torch.ops.onednn.qlinear_pointwise(
+            quantized,
+            input_scale,
+            128,
+            packed,
+            weight_scales,
+            zero_points,
+            linear.bias.float(),
+            1.0,
+            0,
+            torch.bfloat16,
+            "none",
+            [],
+            "",
+        )
+
+    return call
+
+
 def paths(linear: torch.nn.Linear, tokens: int) -> dict:
     from torchao.quantization import quantize_
 
@@ -93,6 +126,10 @@ def paths(linear: torch.nn.Linear, tokens: int) -> dict:
         built["oneDNN int8 frozen"] = onednn_int8(copy.deepcopy(linear), example)
     except Exception as error:  # noqa: BLE001  (a route that fails to build is a result)
         built["oneDNN int8 frozen"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    try:
+        built["oneDNN int8 kernel alone"] = onednn_int8_kernel_alone(linear, example)
+    except Exception as error:  # noqa: BLE001
+        built["oneDNN int8 kernel alone"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
     return built, example_bf16
 
 
