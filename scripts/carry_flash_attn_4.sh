@@ -5,7 +5,7 @@
 # minutes on 2 cores) and cuts it into parts (of PART_MB MiB, by default what a call has room for beside the tracked
 # files) under .whl/fa4/part-N/ (git-ignored). It also puts soundfile and its two dependencies in .whl/soundfile/
 # (the GPU tests import the trainer, which reads audio with it): carry that folder with the last part.
-# To carry other folders beside each part (e.g. .whl/base, 6 MB), make smaller parts: PART_MB=16 gives four parts,
+# To carry other folders beside each part (e.g. .whl/base, 6 MB), make smaller parts: PART_MB=17 gives four parts,
 # which fit beside the ~42 MB tree and 7 MB of other carries (2026-12-02: four calls, then the GPU work).
 #
 # Then, on one warm machine, one device call per part, each started within ~30 s of the last (the machine's /tmp
