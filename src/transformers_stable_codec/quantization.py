@@ -2,7 +2,7 @@
 transformer layers, everything else in the model's own dtype.
 
 What is quantized: the four `nn.Linear` layers of every transformer layer (the fused QKV projection, the attention
-output projection, the SwiGLU input and output projections), 99 % of the paper-scale model's FLOPs. What is not: the
+output projection, the SwiGLU input and output projections), 96 % of the paper-scale model's FLOPs. What is not: the
 convolutions (patch embedding, down- and upsampling, latent projections), LayerNorms, LayerScales and the FSQ
 bottleneck, which are small, precision-sensitive (the latents are rounded onto the FSQ grid), or not matmuls; and any
 `nn.Linear` whose sizes the low-precision matmul kernels cannot take (`torch._scaled_mm` needs multiples of 16).
