@@ -1,6 +1,7 @@
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -34,6 +35,28 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def tiny_model() -> StableCodecModel:
     torch.manual_seed(0)
     return randomize_(StableCodecModel(tiny_config())).eval()
+
+
+def accelerate_cpu_launch(processes: int, mixed_precision: str, module: str, *arguments: str) -> list[str]:
+    """The command that runs `python -m module arguments` as `processes` ranks through `accelerate launch`. Without
+    GPUs, `--multi_gpu` with ACCELERATE_USE_CPU=true in the environment starts one CPU process per rank, over gloo."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        mixed_precision,
+        "--dynamo_backend",
+        "no",
+        "-m",
+        module,
+        *arguments,
+    ]
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

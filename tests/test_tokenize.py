@@ -18,7 +18,7 @@ from datasets import load_dataset
 
 from transformers_stable_codec import StableCodecFeatureExtractor, StableCodecModel
 
-from .conftest import randomize_, synthesize_speech, tiny_config
+from .conftest import accelerate_cpu_launch, randomize_, synthesize_speech, tiny_config
 
 
 pytestmark = pytest.mark.slow
@@ -69,24 +69,7 @@ def tokenize(corpus, output_dir, model_dir, *options, processes: int = 1, wait: 
     if processes == 1:  # through the console script's module, as `stable-codec tokenize`
         command = [sys.executable, "-m", "transformers_stable_codec.cli", "tokenize", *arguments]
     else:
-        # Without GPUs, `--multi_gpu` with ACCELERATE_USE_CPU starts one CPU process per rank, over gloo.
-        command = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "-m",
-            "transformers_stable_codec.tokenize",
-            *arguments,
-        ]
+        command = accelerate_cpu_launch(processes, "no", "transformers_stable_codec.tokenize", *arguments)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     if not wait:
         return subprocess.Popen(

@@ -6,7 +6,6 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 import tarfile
 
 import numpy as np
@@ -57,6 +56,7 @@ from transformers_stable_codec.training.synthetic_corpus import (
 )
 from transformers_stable_codec.training.trainer import scale_invariant_sdr
 
+from .conftest import accelerate_cpu_launch
 from .conftest import tiny_config as tiny_model_config
 
 
@@ -568,24 +568,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, corpus):
     config.write_text(yaml.safe_dump(values))
     # On a machine without GPUs, `--multi_gpu` with ACCELERATE_USE_CPU runs one process per rank over gloo.
     environment = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "bf16",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "transformers_stable_codec.training",
-        "--config",
-        str(config),
-    ]
+    command = accelerate_cpu_launch(2, "bf16", "transformers_stable_codec.training", "--config", str(config))
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = tmp_path / "ddp" / "checkpoints" / "step_00000004"
