@@ -7,8 +7,9 @@ nvidia-smi every 100 ms, over the part after the first window).
 
     python benchmarks/tokenize_corpus.py --work-dir /tmp/tokenize --hours 8 -- --dtype bfloat16 --compile
 
-`--runs` entries are CODE:BATCH_SECONDS, CODE `branch` (this checkout) or `baseline` (the package under
-`--baseline-src`, e.g. an earlier commit's src/, for an A/B of two versions of the pipeline in one run). Everything
+`--runs` entries are CODE:BATCH_SECONDS, CODE `branch` (this checkout), `branch-autotuned` (this checkout with
+inductor's kernel choice by timing, TORCHINDUCTOR_DETERMINISTIC=0) or `baseline` (the package under `--baseline-src`,
+e.g. an earlier commit's src/, for an A/B of two versions of the pipeline in one run). Everything
 after `--` goes to `stable-codec tokenize`. The JSON (`--json`) is rewritten after every run, and a markdown table
 is printed at the end.
 """
@@ -18,11 +19,13 @@ import json
 import multiprocessing
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import threading
 import time
 
+import numpy as np
 import soundfile
 import torch
 
@@ -127,11 +130,23 @@ def agreement(runs: list[dict]) -> None:
         codes = codes_by_id(pathlib.Path(run["output_dir"]))
         reference = first.setdefault(run["batch_seconds"], (run["code"], codes))
         same = sum(codes.get(clip_id) == value for clip_id, value in reference[1].items())
-        run["same_codes_as_first_run"] = {"first_run": reference[0], "clips": len(reference[1]), "same": same}
+        tokens = equal = 0
+        for clip_id, value in reference[1].items():
+            expected, actual = np.array(value), np.array(codes.get(clip_id, np.zeros((0, 0))))
+            tokens += expected.size
+            equal += int((expected == actual).sum()) if actual.shape == expected.shape else 0
+        run["same_codes_as_first_run"] = {
+            "first_run": reference[0],
+            "clips": len(reference[1]),
+            "same": same,
+            "token_agreement": equal / tokens if tokens else None,
+        }
 
 
 def run_once(args, code: str, batch_seconds: str, options: list[str], model_dir, timeout: float) -> dict:
-    source = {"branch": REPO / "src", "baseline": args.baseline_src and args.baseline_src.resolve()}[code]
+    source = REPO / "src" if code.startswith("branch") else args.baseline_src.resolve()
+    # branch-autotuned: inductor picks kernels by timing them (the tokenizer's default is its deterministic mode).
+    environment = {**os.environ, **({"TORCHINDUCTOR_DETERMINISTIC": "0"} if code == "branch-autotuned" else {})}
     output_dir = args.work_dir / f"tokens-{code}-{batch_seconds}-{time.strftime('%H%M%S')}"
     command = [
         sys.executable,
@@ -150,10 +165,13 @@ def run_once(args, code: str, batch_seconds: str, options: list[str], model_dir,
     path = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
     sampler = GpuSampler()
     started_at, started = time.time(), time.perf_counter()
+    # Its own process group: on timeout the DataLoader workers go too, which would otherwise hold the caller's pipes.
+    process = subprocess.Popen(command, env={**environment, "PYTHONPATH": path}, start_new_session=True)
     try:
-        result = subprocess.run(command, env={**os.environ, "PYTHONPATH": path}, timeout=timeout)
-        exit_code = result.returncode
+        exit_code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
         exit_code = "timeout"
     wall = time.perf_counter() - started
     sampler.stop()
@@ -204,7 +222,7 @@ def markdown(runs: list[dict]) -> str:
         utilization = run["gpu_utilization_after_first_window"]
         busy = steady and steady["model_busy_fraction"]
         same = run["same_codes_as_first_run"]
-        agreeing = f"{same['same']}/{same['clips']} ({same['first_run']})"
+        agreeing = f"{same['same']}/{same['clips']} ({same['first_run']}); tokens {same['token_agreement']:.4%}"
         lines.append(
             f"| {run['code']} | {run['batch_seconds']:g} s | {run['realtime_factor']:,.0f}x "
             f"| **{run['realtime_factor_after_first_window'] or 0:,.0f}x** "
@@ -230,8 +248,11 @@ def main() -> None:
     options = [option for option in args.tokenize_options if option != "--"]
     runs = [entry.split(":") for entry in args.runs.split(",")]
     for entry in runs:
-        if len(entry) != 2 or entry[0] not in ("branch", "baseline") or float(entry[1]) <= 0:
-            parser.error(f"--runs entries are branch:SECONDS or baseline:SECONDS, got {':'.join(entry)!r}")
+        if len(entry) != 2 or entry[0] not in ("branch", "branch-autotuned", "baseline") or float(entry[1]) <= 0:
+            parser.error(
+                "--runs entries are branch:SECONDS, branch-autotuned:SECONDS or baseline:SECONDS, "
+                f"got {':'.join(entry)!r}"
+            )
     if any(code == "baseline" for code, _ in runs) and not (args.baseline_src and args.baseline_src.is_dir()):
         parser.error("baseline runs need --baseline-src, the src/ folder of the code to compare with")
 

@@ -226,6 +226,26 @@ def test_fixed_shape_batches_filled_up_with_silence_give_each_clip_its_codes_alo
         assert torch.equal(torch.from_numpy(rows[name]), encoded_alone(model, corpus / name)), name
 
 
+def test_compiling_turns_on_inductors_deterministic_mode_unless_the_environment_chose(monkeypatch):
+    """Inductor's timed kernel choice made two H200 runs differ in a few tokens per clip (docs/tokenize.md): a compiled
+    tokenizer chooses without timing, and an explicit TORCHINDUCTOR_DETERMINISTIC is the user's to keep."""
+    import torch._inductor.config as inductor_config
+
+    from transformers_stable_codec.tokenize import Tokenizer
+
+    model = StableCodecModel(tiny_config()).eval()
+    monkeypatch.delenv("TORCHINDUCTOR_DETERMINISTIC", raising=False)
+    monkeypatch.setattr(inductor_config, "deterministic", False)
+    Tokenizer(model, None, None)
+    assert inductor_config.deterministic is False  # eager: nothing to choose
+    Tokenizer(model, None, None, compile_mode="default")
+    assert inductor_config.deterministic is True
+    monkeypatch.setattr(inductor_config, "deterministic", False)
+    monkeypatch.setenv("TORCHINDUCTOR_DETERMINISTIC", "0")
+    Tokenizer(model, None, None, compile_mode="default")
+    assert inductor_config.deterministic is False
+
+
 def test_a_batch_waits_for_the_next_window_only():
     from transformers_stable_codec.tokenize import Batcher, Clip
 
