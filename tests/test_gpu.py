@@ -114,14 +114,16 @@ def streamed_on_gpu(model, codes, **kwargs) -> torch.Tensor:
     return torch.cat(list(model.decode_stream(chunks, "2x15625_700bps", **kwargs)), dim=-1)
 
 
-@pytest.mark.parametrize("implementation", [*BACKENDS, "flash_attention_2"])
+@pytest.mark.parametrize("implementation", [*BACKENDS, "flash_attention_2", "flash_attention_4"])
 def test_stream_equals_decode_on_gpu(implementation, monkeypatch):
     """The exact stream (the receptive field as context and lookahead) on every backend: `decode`'s audio; flash
-    attention in bf16, against its own `decode`."""
+    attention in bf16, against its own `decode`. Flex attention streams fixed-shape windows with padding masks."""
     import transformers.utils
 
-    if implementation.startswith("flash") and not transformers.utils.is_flash_attn_2_available():
-        pytest.skip("flash-attn 2 is not installed on this GPU machine")
+    if implementation.startswith("flash"):
+        version = implementation[-1]
+        if not getattr(transformers.utils, f"is_flash_attn_{version}_available")():
+            pytest.skip(f"FlashAttention {version} is not installed on this GPU machine")
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     dtype = torch.bfloat16 if implementation.startswith("flash") else torch.float32
     model = gpu_model(implementation, dtype, attention_window_left=3, attention_window_right=4)
