@@ -1303,7 +1303,10 @@ class StableCodecModel(StableCodecPreTrainedModel):
         inputs = (prepare(chunk) for chunk in self._stream_chunks(chunks, check))
         steps_per_frame = (self.hop_length, 1) if coder is self.encoder else (1, self.hop_length)
         windows = int(context_frames), int(lookahead_frames), int(step_frames)
-        return run_as_stream(step, inputs, steps_per_frame, *windows, fixed_shape=compile_mode is not None)
+        # Uncompiled flex attention still compiles its kernel per shape: without fixed windows, each warm-up and
+        # last window length would stall the stream for a compile.
+        fixed_shape = compile_mode is not None or self.config._attn_implementation == "flex_attention"
+        return run_as_stream(step, inputs, steps_per_frame, *windows, fixed_shape=fixed_shape)
 
     def _stream_coder(self, coder: nn.Module, compile_mode: str | None) -> Callable:
         """What steps a stream: `coder` itself, or `torch.compile(coder, mode=compile_mode)` for one input shape,
@@ -1394,7 +1397,8 @@ class StableCodecModel(StableCodecPreTrainedModel):
         With the default lookahead and context the audio equals `decode` of all codes up to float rounding; with
         less, each step's audio is what the decoder makes of the truncated window (see docs/streaming.md). After
         the first `context_frames / step_frames` steps and until the end, every decoder call runs on exactly
-        `context_frames + step_frames + lookahead_frames` frames. Runs without gradients.
+        `context_frames + step_frames + lookahead_frames` frames (with flex attention, compiled per shape, every
+        call does, as when compiled). Runs without gradients.
         """
         bottleneck = self._bottleneck(posthoc_bottleneck)
         stream = self._run_stream(
