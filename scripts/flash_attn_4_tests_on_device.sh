@@ -12,10 +12,8 @@ TIMEOUT=120
 [ "${1:-}" = --timeout ] && TIMEOUT=$2
 RESULTS=${OUT:-outputs/flash-attn-4-out}
 mkdir -p "$RESULTS"
-if ! python3 -c "import soundfile, rapidfuzz" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/base/*.whl
-fi
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD PYTHONUNBUFFERED=1 FA_LOG_LEVEL=1
+source scripts/carried_wheels.sh
+export PYTHONUNBUFFERED=1 FA_LOG_LEVEL=1
 # The padded batch last: should its variable-length kernel hang the GPU, `timeout` still ends the run.
 for selection in "tests/test_parity_with_original.py -k flash_attention_4" \
     "tests/test_gpu.py::test_stream_equals_decode_on_gpu[flash_attention_4]" \

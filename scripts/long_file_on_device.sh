@@ -21,13 +21,8 @@ done
 RESULTS=${OUT:-outputs/long-file-out}
 WORK=$(mktemp -d /tmp/long_file.XXXXXX)
 mkdir -p "$RESULTS"
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
-
-# The carried wheels of scripts/prepare_device_carry.sh, where the GPU image lacks soundfile or pyloudnorm.
-if ! python3 -c "import soundfile, pyloudnorm" 2>/dev/null && [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
+source scripts/carried_wheels.sh
 
 python3 -c "from transformers_stable_codec import StableCodecConfig, StableCodecModel
 StableCodecModel(StableCodecConfig()).save_pretrained('$WORK/paper_scale')"

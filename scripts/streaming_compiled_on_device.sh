@@ -11,13 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-outputs/streaming-out}
 mkdir -p "$RESULTS"
-export PYTHONPATH=src:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-
-# The carried wheels (.whl/base), where the GPU image lacks soundfile or pyloudnorm.
-if ! python3 -c "import soundfile, pyloudnorm" 2>/dev/null && [ -d .whl/base ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/base/*.whl
-    export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
+export PYTHONUNBUFFERED=1
+source scripts/carried_wheels.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
 json=$RESULTS/streaming_cuda_compiled.json

