@@ -15,6 +15,9 @@ activation scaling and cast into the surrounding elementwise kernels.
                                              quantization_config=quantization_config("fp8"))
 """
 
+import contextlib
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -159,3 +162,195 @@ def quantized_layer_names(model: nn.Module) -> list[str]:
         for name, module in model.named_modules()
         if isinstance(getattr(module, "weight", None), TorchAOBaseTensor)
     ]
+
+
+# Static int8 on CPU ---------------------------------------------------------------------------------------------
+
+
+def compile_int8_static(model: nn.Module, calibration_audio) -> "StaticInt8Codec":
+    """Static int8 encode / decode for CPUs, for one input shape: the transformer projections become oneDNN int8
+    matmuls (AMX-INT8 where the CPU has it) whose activation scales were fixed beforehand, by calibration, and
+    everything else computes in bfloat16.
+
+    The dynamic route (`quantize_model(model, "int8")`) measures every activation's range on every call in a pass
+    of its own and rescales every output; on the AMX CPU measured in docs/precision.md that costs what int8 gains.
+    Here the encoder and decoder are exported (`torch.export`) at the calibration audio's shape, annotated by
+    torchao's PT2E `X86InductorQuantizer` (per-tensor static activations, per-channel int8 weights, `nn.Linear`
+    only), calibrated on `calibration_audio`, and compiled with inductor's freezing under bfloat16 autocast, which
+    lowers each quantize / int8 matmul / dequantize to one oneDNN quantized linear with the activation's quantizing
+    fused into the kernel before it.
+
+    `model`: a float32 `StableCodecModel` on the CPU (not modified). `calibration_audio`: a float32 tensor
+    `(batch_size, 1, num_samples)`, or a list of such tensors of one shape, of audio like what will be encoded
+    (speech, prepared like the model's inputs); `num_samples` must be a multiple of `model.config.hop_length`. The
+    returned codec takes exactly that shape. Compiling takes minutes at paper scale. Activation ranges come from
+    this audio alone: audio much louder than it is clipped at the calibrated range.
+    """
+    from .modeling_stable_codec import StableCodecModel
+
+    if not isinstance(model, StableCodecModel):
+        raise TypeError(f"compile_int8_static takes a StableCodecModel, got {type(model).__name__}.")
+    parameter = next(model.parameters())
+    if parameter.device.type != "cpu" or parameter.dtype != torch.float32:
+        raise ValueError(
+            f"compile_int8_static quantizes a float32 model on the CPU (oneDNN's int8 kernels); the model is "
+            f"{parameter.dtype} on {parameter.device}. Load it with the default dtype and device_map."
+        )
+    if quantized_layer_names(model):
+        raise ValueError("The model is already quantized (torchao); pass the float32 model.")
+    clips = calibration_clips(calibration_audio, model.config.hop_length)
+    return StaticInt8Codec(model, clips)
+
+
+def calibration_clips(calibration_audio, hop_length: int) -> list[torch.Tensor]:
+    clips = list(calibration_audio) if isinstance(calibration_audio, (list, tuple)) else [calibration_audio]
+    if not clips or not all(isinstance(clip, torch.Tensor) for clip in clips):
+        raise ValueError("`calibration_audio` must be a tensor (batch_size, 1, num_samples) or a list of them.")
+    shape = tuple(clips[0].shape)
+    for clip in clips:
+        if clip.dtype != torch.float32 or clip.dim() != 3 or clip.shape[1] != 1 or clip.device.type != "cpu":
+            raise ValueError(
+                "`calibration_audio` must hold float32 CPU tensors of shape (batch_size, 1, num_samples); got "
+                f"{clip.dtype} {tuple(clip.shape)} on {clip.device}."
+            )
+        if tuple(clip.shape) != shape:
+            raise ValueError(
+                f"All calibration tensors must have one shape (it is the shape the codec is compiled for); got "
+                f"{shape} and {tuple(clip.shape)}."
+            )
+    if shape[0] == 0 or shape[-1] == 0 or shape[-1] % hop_length:
+        raise ValueError(
+            f"The calibration audio's length must be a positive multiple of hop_length ({hop_length} samples); got "
+            f"shape {shape}. Pad or cut it to whole frames."
+        )
+    if not all(bool(torch.isfinite(clip).all()) and bool(clip.abs().amax() > 0) for clip in clips):
+        raise ValueError("`calibration_audio` holds NaN, infinite or all-zero audio: it cannot set activation ranges.")
+    return [clip.detach().clone() for clip in clips]
+
+
+class StaticInt8Codec:
+    """Encode / decode of one `StableCodecModel` through statically quantized int8, for one input shape (made by
+    `compile_int8_static`). `encode(input_values, posthoc_bottleneck=None)` and `decode(audio_codes,
+    posthoc_bottleneck=None)` work like the model's, without padding masks or chunking: `input_values` must have
+    the calibration audio's shape, and the codes the frames it encodes to."""
+
+    def __init__(self, model: nn.Module, clips: list[torch.Tensor]):
+        self.model = model
+        self.input_shape = tuple(clips[0].shape)
+        self.num_frames = self.input_shape[-1] // model.config.hop_length
+        encoder, decoder = float_copy(model.encoder), float_copy(model.decoder)
+        # Export, calibration and compilation record autograd-free graphs; inference mode would make the calibration
+        # tensors unusable there.
+        with torch.inference_mode(False), torch.no_grad():
+            latents = [encoder(clip) for clip in clips]
+            quantized_latents = [model.quantizer(latent)[0] for latent in latents]
+            self.encoder = quantized_static(encoder, clips)
+            self.decoder = quantized_static(decoder, quantized_latents)
+            # Compile now, at construction, rather than on the first call.
+            self.encoder(clips[0])
+            self.decoder(quantized_latents[0])
+        self.quantized_linear_count = sum(isinstance(module, nn.Linear) for module in encoder.modules()) + sum(
+            isinstance(module, nn.Linear) for module in decoder.modules()
+        )
+
+    def encode(self, input_values: torch.Tensor, posthoc_bottleneck=None):
+        from .modeling_stable_codec import StableCodecEncoderOutput
+
+        self.model._check_audio(input_values, None)
+        if tuple(input_values.shape) != self.input_shape:
+            raise ValueError(
+                f"This int8 codec was compiled for input_values of shape {self.input_shape} (its calibration "
+                f"audio's); got {tuple(input_values.shape)}. Compile one per shape, or pad to it."
+            )
+        with torch.no_grad():
+            latents = self.encoder(input_values.float()).float()
+            _, audio_codes = self.model._bottleneck(posthoc_bottleneck)(latents)
+        return StableCodecEncoderOutput(audio_codes=audio_codes, latents=latents)
+
+    def decode(self, audio_codes: torch.Tensor, posthoc_bottleneck=None):
+        from .modeling_stable_codec import StableCodecDecoderOutput
+
+        self.model._check_codes(audio_codes, posthoc_bottleneck)
+        if audio_codes.shape[0] != self.input_shape[0] or audio_codes.shape[-1] != self.num_frames:
+            raise ValueError(
+                f"This int8 codec decodes {self.input_shape[0]} clip(s) of {self.num_frames} frames (its calibration "
+                f"audio's shape); got codes of shape {tuple(audio_codes.shape)}."
+            )
+        with torch.no_grad():
+            latents = self.model._bottleneck(posthoc_bottleneck).decode(audio_codes).float()
+            audio_values = self.decoder(latents).float()
+        return StableCodecDecoderOutput(audio_values=audio_values)
+
+
+def float_copy(coder: nn.Module) -> nn.Module:
+    """A copy of the encoder or decoder in sdpa attention, the CPU's attention, for export. (Its weight norms stay
+    parametrizations: removing one from a copy would also remove it from the model, whose parametrized class the copy
+    shares; freezing folds them into constants anyway.)"""
+    import copy
+
+    coder = copy.deepcopy(coder).eval()
+    # The copy's config is a copy too (deepcopy), so this leaves the model's attention as it was.
+    configs = {id(module.config): module.config for module in coder.modules() if hasattr(module, "config")}
+    for config in configs.values():
+        config._attn_implementation = "sdpa"
+    return coder
+
+
+@contextlib.contextmanager
+def fixed_attention_layouts(coder: nn.Module, example: torch.Tensor):
+    """Within it, every transformer of `coder` returns the attention layout (window mask, blocks) it built on an
+    eager run on `example`, instead of building it while traced. transformers builds the window mask with
+    `torch.vmap`, which `torch.export` records as batching ops that `torch.compile` cannot trace again; at a fixed
+    shape the mask is a constant anyway, and the exported graph keeps it as one."""
+    transformers = [stage.transformer for stage in coder.stages]
+    layouts = {}
+
+    def recording(transformer):
+        build = transformer.attention_layout
+
+        def record(hidden_states, frame_is_valid):
+            layouts[id(transformer)] = build(hidden_states, frame_is_valid)
+            return layouts[id(transformer)]
+
+        return record
+
+    try:
+        for transformer in transformers:
+            transformer.attention_layout = recording(transformer)  # an instance attribute shadows the method
+        coder(example)
+        for transformer in transformers:
+            transformer.attention_layout = lambda *_, layout=layouts[id(transformer)]: layout
+        yield
+    finally:
+        for transformer in transformers:
+            transformer.__dict__.pop("attention_layout", None)
+
+
+def quantized_static(coder: nn.Module, examples: list[torch.Tensor]) -> Callable:
+    """`coder` exported at the examples' shape, int8-annotated, calibrated on `examples`, converted and compiled with
+    freezing under bfloat16 autocast; returns the compiled call."""
+    from torch._inductor import config as inductor_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    with fixed_attention_layouts(coder, examples[0]):
+        graph = torch.export.export(coder, (examples[0],)).module()
+    # Export records each dtype cast that was a no-op in float32 as an assertion that the tensor is float32; under
+    # bfloat16 autocast those tensors are bfloat16, and the assertions would stop the compile.
+    for node in list(graph.graph.nodes):
+        if node.op == "call_function" and node.target == torch.ops.aten._assert_tensor_metadata.default:
+            graph.graph.erase_node(node)
+    graph.recompile()
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_module_type_qconfig(nn.Linear, x86.get_default_x86_inductor_quantization_config(is_dynamic=False))
+    prepared = prepare_pt2e(graph, quantizer)
+    for example in examples:
+        prepared(example)
+    compiled = torch.compile(convert_pt2e(prepared), fullgraph=True, dynamic=False)
+
+    def call(inputs: torch.Tensor) -> torch.Tensor:
+        # Freezing is read from inductor's global config when the graph compiles (see benchmarks/contenders.py).
+        with torch.autocast("cpu", dtype=torch.bfloat16), inductor_config.patch(freezing=True):
+            return compiled(inputs)
+
+    return call
