@@ -82,16 +82,22 @@ def heldout_speech(path: Path) -> dict:
 
 class StaticInt8PerShape:
     """`compile_int8_static`'s codecs in the model's place: one per clip shape (the clip padded with zeros to whole
-    frames, as `encode` pads it), each calibrated on speech-like audio of that shape (not on the clips measured)."""
+    frames, as `encode` pads it), never calibrated on the clip it measures: on the other clips of `pool` (cut or
+    zero-padded to the shape; real speech for the demo model, leave-one-out), or, where every clip has that shape,
+    on speech-like synthetic audio."""
 
-    def __init__(self, base: StableCodecModel):
-        self.base, self.codecs = base, {}
+    def __init__(self, base: StableCodecModel, pool: list):
+        self.base, self.pool, self.codecs = base, pool, {}
         self._bottleneck = base._bottleneck
 
     def codec(self, batch: int, frames: int):
         if (batch, frames) not in self.codecs:
             samples = frames * self.base.config.hop_length
-            calibration = speechlike_audio(batch, samples, self.base.config.sampling_rate, torch.device("cpu"), 1)
+            others = [clip for clip in self.pool if -(-clip.shape[-1] // self.base.config.hop_length) != frames]
+            calibration = [
+                torch.nn.functional.pad(clip, (0, samples - clip.shape[-1]))[..., :samples].expand(batch, 1, samples)
+                for clip in others
+            ] or speechlike_audio(batch, samples, self.base.config.sampling_rate, torch.device("cpu"), 1)
             self.codecs[batch, frames] = compile_int8_static(self.base, calibration)
         return self.codecs[batch, frames]
 
@@ -104,9 +110,9 @@ class StaticInt8PerShape:
         return self.codec(codes.shape[0], codes.shape[-1]).decode(codes)
 
 
-def prepared_model(base: StableCodecModel, precision: str):
+def prepared_model(base: StableCodecModel, precision: str, clips: list):
     if precision == STATIC_INT8:
-        return StaticInt8PerShape(base)
+        return StaticInt8PerShape(base, [clip.float().cpu() for clip in clips])
     model = copy.deepcopy(base).to(bench.DTYPES[precision])
     if precision in bench.QUANTIZED:
         quantize_model(model, precision)
@@ -121,7 +127,7 @@ def input_dtype(precision: str) -> torch.dtype:
 def run_precision(base: StableCodecModel, precision: str, clips: list, reconstruct: bool) -> dict:
     """Codes of every bottleneck, latents (float32) and, where asked, the reconstructions (training FSQ, float32,
     cropped to the input), clip by clip on the model's device."""
-    model = prepared_model(base, precision)
+    model = prepared_model(base, precision, clips)
     device = next(base.parameters()).device
     out = {"codes": {name: [] for name in BOTTLENECKS}, "latents": [], "audio": []}
     for clip in clips:
@@ -301,9 +307,10 @@ def measure(args) -> dict:
         "precision_settings": bench.configure_precision(),
         "notes": [
             "reference: fp32 on the same device; int8 / fp8: torchao dynamic-activation quantization of the "
-            "transformer projections, bf16 elsewhere; int8-static: compile_int8_static (static int8 of those "
-            "projections through oneDNN, bf16 autocast elsewhere), one codec per clip shape, calibrated on "
-            "speech-like synthetic audio; codes agreement is per token (a training-FSQ token holds all "
+            "transformer projections, bf16 elsewhere; int8-static: compile_int8_static (static int8 of the "
+            "LayerNorm-fed projections through oneDNN, bf16 autocast elsewhere), one codec per clip shape, "
+            "calibrated on the other clips (leave-one-out), or on speech-like synthetic audio where all clips "
+            "share a shape; codes agreement is per token (a training-FSQ token holds all "
             "six channels), latents are the encoder's pre-bottleneck output"
         ],
         "models": {},

@@ -101,7 +101,7 @@ def build_variant(base: StableCodecModel, precision: str, compile_mode: str, att
     shape of `audio`); (contender, quantized layer count)."""
     if precision == STATIC_INT8:
         contender = StaticInt8Contender(base, audio, seed)
-        return contender, contender.codec.quantized_linear_count
+        return contender, len(contender.codec.quantized_layers)
     model = copy.deepcopy(base).to(DTYPES[precision])
     quantized = quantize_model(model, precision) if precision in QUANTIZED else []
     contender = StableCodecContender(model)

@@ -15,6 +15,7 @@ from tests.model_helpers import speechlike, tiny_config  # noqa: E402
 from transformers_stable_codec import StableCodecModel  # noqa: E402
 from transformers_stable_codec.command_support import default_model  # noqa: E402
 from transformers_stable_codec.quantization import (  # noqa: E402
+    STATIC_INT8_LAYERS,
     check_device,
     compile_int8_static,
     quantization_config,
@@ -159,40 +160,45 @@ def demo_static_int8(demo_fp32):
     from torch._inductor.utils import run_and_get_code
 
     calibration = [speechlike(2, 3.0, seed=seed) for seed in (5, 6)]
-    codec, code = run_and_get_code(lambda: compile_int8_static(demo_fp32, calibration))
+    with torch.inference_mode():  # where inference code calls it from (export and calibration run outside it)
+        codec, code = run_and_get_code(lambda: compile_int8_static(demo_fp32, calibration))
     return codec, "\n".join(code)
 
 
 @pytest.mark.slow
-def test_static_int8_runs_every_projection_as_a_onednn_int8_matmul(demo_static_int8, demo_fp32):
-    """Each of the 40 transformer projections is one oneDNN quantized linear (int8 activations and weights, the
-    dequantize fused into it); no float matmul and no quantize op of its own is left."""
+def test_static_int8_runs_the_layer_norm_fed_projections_as_onednn_int8_matmuls(demo_static_int8, demo_fp32):
+    """Each QKV and SwiGLU input projection (20 in the demo model) is one oneDNN quantized linear (int8 activations
+    and weights, the dequantize fused into it), the other projections stay bf16 linears, and the activations'
+    quantizing has no op of its own: it is computed in inductor's kernels, the LayerNorm's among them."""
     codec, source = demo_static_int8
-    projections = len(transformer_projections(demo_fp32.config))
-    assert projections == codec.quantized_linear_count == 40
-    assert source.count("torch.ops.onednn.qlinear_pointwise") == projections
-    assert "_linear_pointwise" not in source and "aten.mm" not in source and "aten.addmm" not in source
-    assert "quantize_per_tensor" not in source
+    expected = {name for name in transformer_projections(demo_fp32.config) if name.endswith(STATIC_INT8_LAYERS)}
+    assert set(codec.quantized_layers) == expected and len(expected) == 20
+    assert len(re.findall(r"= torch\.ops\.onednn\.qlinear_pointwise\.", source)) == 20
+    assert len(re.findall(r"= torch\.ops\.mkldnn\._linear_pointwise\.", source)) == 20  # o_proj, output_proj: bf16
+    assert "aten.mm" not in source and "aten.addmm" not in source
+    calls = [line for line in source.splitlines() if not line.lstrip().startswith("#")]  # not the comments
+    assert not [line for line in calls if "quantized_decomposed" in line]
+    assert re.search(r"cpp_fused\w*native_layer_norm\w*quantize_per_tensor", source)
 
 
 @pytest.mark.slow
 @torch.inference_mode()
 def test_static_int8_codes_and_audio_stay_close_to_fp32(demo_static_int8, demo_fp32):
-    """Measured on these clips: X % of the training-FSQ tokens equal to fp32's, latents X off, decoded audio X."""
+    """Measured on these clips (calibrated on two others): 85 % of the training-FSQ tokens equal to fp32's (87 % for
+    the 700 bps preset), latents 1.2e-2 off, decoded audio 0.9e-2; dynamic int8 gives 83 % and 1.1e-2 here."""
     codec, _ = demo_static_int8
     audio = speechlike(2, 3.0, seed=1)
     expected, actual = demo_fp32.encode(audio), codec.encode(audio)
     agreement = (actual.audio_codes == expected.audio_codes).double().mean().item()
     error = relative_error(actual.latents, expected.latents)
     posthoc = codec.encode(audio, posthoc_bottleneck="2x15625_700bps").audio_codes
-    posthoc_agreement = (posthoc == demo_fp32.encode(audio, posthoc_bottleneck="2x15625_700bps").audio_codes).double()
+    posthoc_expected = demo_fp32.encode(audio, posthoc_bottleneck="2x15625_700bps").audio_codes
     decoded = codec.decode(expected.audio_codes).audio_values
-    audio_error = relative_error(decoded, demo_fp32.decode(expected.audio_codes).audio_values)
-    print(agreement, error, posthoc_agreement.mean().item(), audio_error)
-    assert agreement >= 0.0, agreement
-    assert 0 < error < 1, error
+    assert agreement >= 0.75, agreement
+    assert (posthoc == posthoc_expected).double().mean().item() >= 0.75
+    assert 2e-3 < error < 0.025, error
     assert decoded.dtype == torch.float32 and decoded.shape == audio.shape
-    assert audio_error < 1, audio_error
+    assert relative_error(decoded, demo_fp32.decode(expected.audio_codes).audio_values) < 0.03
 
 
 @pytest.mark.slow
