@@ -8,7 +8,8 @@ bottleneck, which are small, precision-sensitive (the latents are rounded onto t
 `nn.Linear` whose sizes the low-precision matmul kernels cannot take (`torch._scaled_mm` needs multiples of 16).
 
 Activations are quantized on the fly per row (token) and weights once per output channel; `torch.compile` fuses the
-activation scaling and cast into the surrounding elementwise kernels.
+activation scaling and cast into the surrounding elementwise kernels. `compile_int8_static` is the CPU's other int8
+route: activation scales fixed by calibration, encode / decode exported and compiled for one input shape.
 
     from transformers_stable_codec.quantization import quantization_config
     model = StableCodecModel.from_pretrained(name, dtype=torch.bfloat16, device_map="cuda",
