@@ -205,6 +205,8 @@ def compile_int8_static(model: nn.Module, calibration_audio) -> "StaticInt8Codec
         )
     if quantized_layer_names(model):
         raise ValueError("The model is already quantized (torchao); pass the float32 model.")
+    if model.training:  # the bottleneck would dither the decoder's calibration latents
+        raise ValueError("compile_int8_static is for inference: call model.eval() first.")
     clips = calibration_clips(calibration_audio, model.config.hop_length)
     return StaticInt8Codec(model, clips)
 
