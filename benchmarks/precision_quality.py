@@ -38,10 +38,11 @@ from benchmarks import benchmark_codecs as bench
 from tests.model_helpers import speechlike_audio
 from transformers_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecFeatureExtractor, StableCodecModel
 from transformers_stable_codec.command_support import default_model
-from transformers_stable_codec.quantization import quantize_model
+from transformers_stable_codec.quantization import compile_int8_static, quantize_model
 
 
-PRECISIONS = list(bench.DTYPES)
+STATIC_INT8 = "int8-static"  # compile_int8_static: one compiled codec per clip shape
+PRECISIONS = list(bench.DTYPES) + [STATIC_INT8]
 BOTTLENECKS = ["training"] + sorted(POSTHOC_BOTTLENECK_PRESETS)
 SPEECH = REPO / "outputs" / "precision_quality" / "heldout_speech.pt"
 # Held out from the demo model's training: connected sentences (it heard single words joined with pauses, from a
@@ -79,22 +80,58 @@ def heldout_speech(path: Path) -> dict:
     return speech
 
 
-def prepared_model(base: StableCodecModel, precision: str) -> StableCodecModel:
+class StaticInt8PerShape:
+    """`compile_int8_static`'s codecs in the model's place: one per clip shape (the clip padded with zeros to whole
+    frames, as `encode` pads it), never calibrated on the clip it measures: on the other clips of `pool` (cut or
+    zero-padded to the shape; real speech for the demo model, leave-one-out), or, where every clip has that shape,
+    on speech-like synthetic audio."""
+
+    def __init__(self, base: StableCodecModel, pool: list):
+        self.base, self.pool, self.codecs = base, pool, {}
+        self._bottleneck = base._bottleneck
+
+    def codec(self, batch: int, frames: int):
+        if (batch, frames) not in self.codecs:
+            samples = frames * self.base.config.hop_length
+            others = [clip for clip in self.pool if -(-clip.shape[-1] // self.base.config.hop_length) != frames]
+            calibration = [
+                torch.nn.functional.pad(clip, (0, samples - clip.shape[-1]))[..., :samples].expand(batch, 1, samples)
+                for clip in others
+            ] or speechlike_audio(batch, samples, self.base.config.sampling_rate, torch.device("cpu"), 1)
+            self.codecs[batch, frames] = compile_int8_static(self.base, calibration)
+        return self.codecs[batch, frames]
+
+    def encode(self, clip: torch.Tensor):
+        hop = self.base.config.hop_length
+        clip = torch.nn.functional.pad(clip, (0, -clip.shape[-1] % hop))
+        return self.codec(clip.shape[0], clip.shape[-1] // hop).encode(clip)
+
+    def decode(self, codes: torch.Tensor):
+        return self.codec(codes.shape[0], codes.shape[-1]).decode(codes)
+
+
+def prepared_model(base: StableCodecModel, precision: str, clips: list):
+    if precision == STATIC_INT8:
+        return StaticInt8PerShape(base, [clip.float().cpu() for clip in clips])
     model = copy.deepcopy(base).to(bench.DTYPES[precision])
     if precision in bench.QUANTIZED:
         quantize_model(model, precision)
     return model
 
 
+def input_dtype(precision: str) -> torch.dtype:
+    return torch.float32 if precision == STATIC_INT8 else bench.DTYPES[precision]
+
+
 @torch.inference_mode()
 def run_precision(base: StableCodecModel, precision: str, clips: list, reconstruct: bool) -> dict:
     """Codes of every bottleneck, latents (float32) and, where asked, the reconstructions (training FSQ, float32,
     cropped to the input), clip by clip on the model's device."""
-    model = prepared_model(base, precision)
-    device = next(model.parameters()).device
+    model = prepared_model(base, precision, clips)
+    device = next(base.parameters()).device
     out = {"codes": {name: [] for name in BOTTLENECKS}, "latents": [], "audio": []}
     for clip in clips:
-        encoded = model.encode(clip.to(device, bench.DTYPES[precision]))
+        encoded = model.encode(clip.to(device, input_dtype(precision)))
         out["latents"].append(encoded.latents.float().cpu())
         for name in BOTTLENECKS:
             # The bottlenecks read the same latents (in float64); one encoder pass serves them all.
@@ -270,7 +307,10 @@ def measure(args) -> dict:
         "precision_settings": bench.configure_precision(),
         "notes": [
             "reference: fp32 on the same device; int8 / fp8: torchao dynamic-activation quantization of the "
-            "transformer projections, bf16 elsewhere; codes agreement is per token (a training-FSQ token holds all "
+            "transformer projections, bf16 elsewhere; int8-static: compile_int8_static (static int8 of the "
+            "LayerNorm-fed projections through oneDNN, bf16 autocast elsewhere), one codec per clip shape, "
+            "calibrated on the other clips (leave-one-out), or on speech-like synthetic audio where all clips "
+            "share a shape; codes agreement is per token (a training-FSQ token holds all "
             "six channels), latents are the encoder's pre-bottleneck output"
         ],
         "models": {},

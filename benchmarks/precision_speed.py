@@ -53,7 +53,11 @@ from benchmarks.benchmark_codecs import (
 from benchmarks.contenders import StableCodecContender
 from tests.model_helpers import speechlike_audio
 from transformers_stable_codec import StableCodecModel
-from transformers_stable_codec.quantization import quantize_model
+from transformers_stable_codec.quantization import compile_int8_static, quantize_model
+
+
+# Static int8 (compile_int8_static): compiled with inductor's freezing by construction, fed float32 audio.
+STATIC_INT8 = "int8-static"
 
 
 ROUNDS_PAST_THE_BUDGET = 5
@@ -61,26 +65,51 @@ ROUNDS_PAST_THE_BUDGET = 5
 
 def parse_variant(text: str) -> tuple[str, str]:
     precision, _, compile_mode = text.partition(":")
+    if precision == STATIC_INT8 and compile_mode in ("", "freezing"):
+        return precision, "freezing"
     compile_mode = compile_mode or "none"
     if precision not in DTYPES or compile_mode not in report.COMPILE_ORDER:
         raise argparse.ArgumentTypeError(
             f"a variant is PRECISION[:COMPILE] with PRECISION in {list(DTYPES)} and COMPILE in "
-            f"{report.COMPILE_ORDER}; got {text!r}"
+            f"{report.COMPILE_ORDER}, or {STATIC_INT8}[:freezing]; got {text!r}"
         )
     return precision, compile_mode
+
+
+def input_dtype(precision: str) -> torch.dtype:
+    return torch.float32 if precision == STATIC_INT8 else DTYPES[precision]
 
 
 def variant_name(variant: tuple[str, str]) -> str:
     return f"{variant[0]}:{variant[1]}"
 
 
-def build_variant(base: StableCodecModel, precision: str, compile_mode: str, attention: str):
-    """A copy of `base` in `precision`, configured like benchmark_codecs.py's ours; (contender, quantized names)."""
+class StaticInt8Contender:
+    """`compile_int8_static`'s codec for the audio's shape, calibrated on other speech-like audio of that shape."""
+
+    def __init__(self, base: StableCodecModel, audio: torch.Tensor, seed: int):
+        batch, _, samples = audio.shape
+        calibration = speechlike_audio(batch, samples, base.config.sampling_rate, audio.device, seed + 1)
+        self.codec = compile_int8_static(base, calibration)
+
+    def encode(self, audio):
+        return self.codec.encode(audio).audio_codes
+
+    def decode(self, codes):
+        return self.codec.decode(codes).audio_values
+
+
+def build_variant(base: StableCodecModel, precision: str, compile_mode: str, attention: str, audio, seed: int):
+    """A copy of `base` in `precision`, configured like benchmark_codecs.py's ours (int8-static: compiled for the
+    shape of `audio`); (contender, quantized layer count)."""
+    if precision == STATIC_INT8:
+        contender = StaticInt8Contender(base, audio, seed)
+        return contender, len(contender.codec.quantized_layers)
     model = copy.deepcopy(base).to(DTYPES[precision])
     quantized = quantize_model(model, precision) if precision in QUANTIZED else []
     contender = StableCodecContender(model)
     contender.configure(attention, compile_mode)
-    return contender, quantized
+    return contender, len(quantized)
 
 
 def spread(values: list[float]) -> dict:
@@ -143,11 +172,10 @@ class Interleaved:
             stage = "build"
             started = time.monotonic()
             try:
-                contender, entry["quantized_layers"] = build_variant(
-                    base, precision, compile_mode, self.args.attention
+                contender, entry["quantized_layer_count"] = build_variant(
+                    base, precision, compile_mode, self.args.attention, audio, self.args.seed
                 )
-                entry["quantized_layer_count"] = len(entry.pop("quantized_layers"))
-                inputs = audio.to(DTYPES[precision])
+                inputs = audio.to(input_dtype(precision))
                 stage = "warm-up"
 
                 def call(contender=contender, inputs=inputs):
@@ -268,6 +296,8 @@ def main(argv=None) -> dict:
             "interleaved: each round times one encode + decode call of every variant, in rotating order; ratios are "
             "taken within a round, so machine drift and other processes' load cancel out to first order",
             "int8 / fp8: torchao's dynamic-activation quantization of the transformer projections, bf16 elsewhere",
+            "int8-static: compile_int8_static (PT2E static int8 of the transformer projections through oneDNN, bf16 "
+            "autocast elsewhere, inductor freezing), calibrated on speech-like audio of another seed",
         ],
         "scenarios": [],
     }

@@ -3,6 +3,7 @@ timing of precision_speed.py (ratios per round, failures recorded), and the comp
 
 import json
 import statistics
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ import torch
 pytest.importorskip("torchao")
 
 from benchmarks import benchmark_codecs, precision_quality, precision_speed  # noqa: E402
+from tests.model_helpers import speechlike_audio, tiny_config  # noqa: E402
+from transformers_stable_codec import StableCodecModel  # noqa: E402
 
 
 def test_int8_and_fp8_are_dtypes_of_the_benchmark(tmp_path):
@@ -77,5 +80,32 @@ def test_codes_agreement_and_latent_error_are_what_the_outputs_say():
 def test_variants_parse():
     assert precision_speed.parse_variant("fp8:reduce-overhead") == ("fp8", "reduce-overhead")
     assert precision_speed.parse_variant("int8") == ("int8", "none")
+    # Static int8 is compiled with freezing by construction: no other compile mode is accepted for it.
+    assert precision_speed.parse_variant("int8-static") == ("int8-static", "freezing")
+    assert precision_speed.parse_variant("int8-static:freezing") == ("int8-static", "freezing")
+    with pytest.raises(Exception, match="PRECISION\\[:COMPILE\\]"):
+        precision_speed.parse_variant("int8-static:none")
     with pytest.raises(Exception, match="PRECISION\\[:COMPILE\\]"):
         precision_speed.parse_variant("int4:none")
+
+
+@pytest.mark.slow
+def test_static_int8_is_measured_against_its_own_calibration(tmp_path):
+    """The static int8 variant of both benchmarks on the tiny model: timed interleaved with bf16, and compared with
+    fp32 (its 12 LayerNorm-fed projections quantized, its tokens mostly fp32's)."""
+    speed = precision_speed.main(
+        ["--device", "cpu", "--config", "tiny", "--scenarios", "1x1s", "--rounds", "2", "--warmup", "1"]
+        + ["--variants", "bf16:freezing", "int8-static"]
+    )
+    (run,) = speed["runs"].values()
+    entry = run["scenarios"][0]["variants"]["int8-static:freezing"]
+    assert entry["status"] == "ok" and entry["quantized_layer_count"] == 12 and len(entry["times_s"]) == 2
+    clips = list(speechlike_audio(3, 16000, 16000, torch.device("cpu"), 4).split(1))
+    clips[2] = clips[2][..., :12800]  # a second length: that codec calibrates on the two others, cut to it
+    torch.manual_seed(0)
+    model = StableCodecModel(tiny_config()).eval()
+    args = SimpleNamespace(precisions=["fp32", "int8-static"], device="cpu")
+    results = precision_quality.measure_model("tiny", model, clips, args, None, lambda *_: None)
+    static = results["int8-static"]
+    assert static["status"] == "ok", static
+    assert static["codes_agreement"]["training"] >= 0.8 and 0 < static["latent_relative_error"] < 0.03

@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 
 pytest.importorskip("torchao")
@@ -14,7 +15,9 @@ from tests.model_helpers import speechlike, tiny_config  # noqa: E402
 from transformers_stable_codec import StableCodecModel  # noqa: E402
 from transformers_stable_codec.command_support import default_model  # noqa: E402
 from transformers_stable_codec.quantization import (  # noqa: E402
+    STATIC_INT8_LAYERS,
     check_device,
+    compile_int8_static,
     quantization_config,
     quantize_model,
     quantized_layer_names,
@@ -145,3 +148,98 @@ def test_compiled_int8_fuses_activation_quantization_into_the_layer_norm():
     assert "_int_mm(" in source
     assert len(kernels) == 2, kernels
     assert "native_layer_norm" in kernels[0] and "amax" in kernels[0], kernels
+
+
+# Static int8 (compile_int8_static) ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_static_int8(demo_fp32):
+    """The demo model's static int8 codec for two 3 s clips, calibrated on other speech-like audio, with the code
+    inductor generated for it."""
+    from torch._inductor.utils import run_and_get_code
+
+    calibration = [speechlike(2, 3.0, seed=seed) for seed in (5, 6)]
+    with torch.inference_mode():  # where inference code calls it from (export and calibration run outside it)
+        codec, code = run_and_get_code(lambda: compile_int8_static(demo_fp32, calibration))
+    return codec, "\n".join(code)
+
+
+@pytest.mark.slow
+def test_static_int8_runs_the_layer_norm_fed_projections_as_onednn_int8_matmuls(demo_static_int8, demo_fp32):
+    """Each QKV and SwiGLU input projection (20 in the demo model) is one oneDNN quantized linear (int8 activations
+    and weights, the dequantize fused into it), the other projections stay bf16 linears, and the activations'
+    quantizing has no op of its own: it is computed in inductor's kernels, the LayerNorm's among them."""
+    codec, source = demo_static_int8
+    expected = {name for name in transformer_projections(demo_fp32.config) if name.endswith(STATIC_INT8_LAYERS)}
+    assert set(codec.quantized_layers) == expected and len(expected) == 20
+    assert len(re.findall(r"= torch\.ops\.onednn\.qlinear_pointwise\.", source)) == 20
+    # o_proj and output_proj stay bf16: oneDNN linears, or a batched matmul with the weight where a projection's
+    # input is a strided view.
+    float_linears = re.findall(
+        r"= torch\.ops\.mkldnn\._linear_pointwise\.|extern_kernels\.bmm\(.*_frozen_param", source
+    )
+    assert len(float_linears) == 20
+    assert not re.search(r"extern_kernels\.(mm|addmm)\(|aten\.(mm|addmm)\.", source)
+    calls = [line for line in source.splitlines() if not line.lstrip().startswith("#")]  # not the comments
+    assert not [line for line in calls if "quantized_decomposed" in line]
+    assert re.search(r"cpp_fused\w*native_layer_norm\w*quantize_per_tensor", source)
+
+
+@pytest.mark.slow
+@torch.inference_mode()
+def test_static_int8_codes_and_audio_stay_close_to_fp32(demo_static_int8, demo_fp32):
+    """Measured on these clips (calibrated on two others): 85 % of the training-FSQ tokens equal to fp32's (87 % for
+    the 700 bps preset), latents 1.2e-2 off, decoded audio 0.9e-2; dynamic int8 gives 83 % and 1.1e-2 here."""
+    codec, _ = demo_static_int8
+    audio = speechlike(2, 3.0, seed=1)
+    expected, actual = demo_fp32.encode(audio), codec.encode(audio)
+    agreement = (actual.audio_codes == expected.audio_codes).double().mean().item()
+    error = relative_error(actual.latents, expected.latents)
+    posthoc = codec.encode(audio, posthoc_bottleneck="2x15625_700bps").audio_codes
+    posthoc_expected = demo_fp32.encode(audio, posthoc_bottleneck="2x15625_700bps").audio_codes
+    decoded = codec.decode(expected.audio_codes).audio_values
+    assert agreement >= 0.75, agreement
+    assert (posthoc == posthoc_expected).double().mean().item() >= 0.75
+    assert 2e-3 < error < 0.025, error
+    assert decoded.dtype == torch.float32 and decoded.shape == audio.shape
+    assert relative_error(decoded, demo_fp32.decode(expected.audio_codes).audio_values) < 0.03
+
+
+@pytest.mark.slow
+def test_static_int8_takes_only_its_shape_and_leaves_the_model_as_it_was(demo_static_int8, demo_fp32):
+    codec, _ = demo_static_int8
+    with pytest.raises(ValueError, match=r"compiled for input_values of shape \(2, 1, 48000\)"):
+        codec.encode(speechlike(1, 3.0))
+    codes = demo_fp32.encode(speechlike(2, 2.0)).audio_codes
+    with pytest.raises(ValueError, match="decodes 2 clip\\(s\\) of 75 frames"):
+        codec.decode(codes)
+    # The codec works on copies: the model keeps its weight norms (whose class a copy shares) and its results.
+    assert parametrize.is_parametrized(demo_fp32.encoder.input_conv, "weight")
+    audio = speechlike(1, 1.0, seed=3)
+    fresh = StableCodecModel.from_pretrained(default_model()).eval()
+    with torch.inference_mode():
+        assert torch.equal(demo_fp32.encode(audio).latents, fresh.encode(audio).latents)
+
+
+def test_static_int8_refuses_what_it_cannot_compile():
+    torch.manual_seed(0)
+    model = StableCodecModel(tiny_config()).eval()
+    audio = speechlike(1, 1.0)
+    with pytest.raises(TypeError, match="takes a StableCodecModel"):
+        compile_int8_static(model.encoder, audio)
+    with pytest.raises(ValueError, match="quantizes a float32 model on the CPU"):
+        compile_int8_static(StableCodecModel(tiny_config()).to(torch.bfloat16), audio)
+    with pytest.raises(ValueError, match="call model.eval\\(\\) first"):
+        compile_int8_static(StableCodecModel(tiny_config()).train(), audio)
+    with pytest.raises(ValueError, match="multiple of hop_length \\(640 samples\\)"):
+        compile_int8_static(model, speechlike(1, 1.01))
+    with pytest.raises(ValueError, match="must have one shape"):
+        compile_int8_static(model, [audio, speechlike(2, 1.0)])
+    with pytest.raises(ValueError, match="float32 CPU tensors of shape \\(batch_size, 1, num_samples\\)"):
+        compile_int8_static(model, audio[:, 0])
+    with pytest.raises(ValueError, match="all-zero"):
+        compile_int8_static(model, torch.zeros_like(audio))
+    quantize_model(model, "int8")
+    with pytest.raises(ValueError, match="already quantized"):
+        compile_int8_static(model, audio)

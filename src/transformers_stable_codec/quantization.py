@@ -8,12 +8,16 @@ bottleneck, which are small, precision-sensitive (the latents are rounded onto t
 `nn.Linear` whose sizes the low-precision matmul kernels cannot take (`torch._scaled_mm` needs multiples of 16).
 
 Activations are quantized on the fly per row (token) and weights once per output channel; `torch.compile` fuses the
-activation scaling and cast into the surrounding elementwise kernels.
+activation scaling and cast into the surrounding elementwise kernels. `compile_int8_static` is the CPU's other int8
+route: activation scales fixed by calibration, encode / decode exported and compiled for one input shape.
 
     from transformers_stable_codec.quantization import quantization_config
     model = StableCodecModel.from_pretrained(name, dtype=torch.bfloat16, device_map="cuda",
                                              quantization_config=quantization_config("fp8"))
 """
+
+import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -159,3 +163,215 @@ def quantized_layer_names(model: nn.Module) -> list[str]:
         for name, module in model.named_modules()
         if isinstance(getattr(module, "weight", None), TorchAOBaseTensor)
     ]
+
+
+# Static int8 on CPU ---------------------------------------------------------------------------------------------
+
+# One static scale per tensor suits inputs that come out of a LayerNorm. The attention output (o_proj's input) and
+# the SwiGLU product (output_proj's) have outlier channels that one scale cannot cover: on the demo model, static
+# int8 of output_proj alone left 44 % of the tokens equal to fp32's, even calibrated on the very clip encoded.
+STATIC_INT8_LAYERS = ("attention.qkv_proj", "feed_forward.input_proj")
+
+
+def compile_int8_static(model: nn.Module, calibration_audio) -> "StaticInt8Codec":
+    """Static int8 encode / decode for CPUs, for one input shape: the transformer projections fed by a LayerNorm
+    (`attention.qkv_proj`, `feed_forward.input_proj`: 68 % of the projections' FLOPs) become oneDNN int8 matmuls
+    (AMX-INT8 where the CPU has it) whose activation scales were fixed beforehand, by calibration; everything else,
+    the other two projections included (see STATIC_INT8_LAYERS), computes in bfloat16.
+
+    The dynamic route (`quantize_model(model, "int8")`) measures every activation's range on every call in a pass
+    of its own and rescales every output; on the AMX CPU measured in docs/precision.md that costs what int8 gains.
+    Here the encoder and decoder are exported (`torch.export`) at the calibration audio's shape, annotated by
+    torchao's PT2E `X86InductorQuantizer` (per-tensor static activations, per-channel int8 weights), calibrated on
+    `calibration_audio`, and compiled with inductor's freezing under bfloat16 autocast, which lowers each quantize /
+    int8 matmul / dequantize to one oneDNN quantized linear, the activation's quantizing computed in the LayerNorm's
+    kernel.
+
+    `model`: a float32 `StableCodecModel` on the CPU (not modified). `calibration_audio`: a float32 tensor
+    `(batch_size, 1, num_samples)`, or a list of such tensors of one shape, of audio like what will be encoded
+    (speech, prepared like the model's inputs); `num_samples` must be a multiple of `model.config.hop_length`. The
+    returned codec takes exactly that shape. Compiling takes minutes at paper scale. Activation ranges come from
+    this audio alone: audio much louder than it is clipped at the calibrated range.
+    """
+    from .modeling_stable_codec import StableCodecModel
+
+    if not isinstance(model, StableCodecModel):
+        raise TypeError(f"compile_int8_static takes a StableCodecModel, got {type(model).__name__}.")
+    parameter = next(model.parameters())
+    if parameter.device.type != "cpu" or parameter.dtype != torch.float32:
+        raise ValueError(
+            f"compile_int8_static quantizes a float32 model on the CPU (oneDNN's int8 kernels); the model is "
+            f"{parameter.dtype} on {parameter.device}. Load it with the default dtype and device_map."
+        )
+    if quantized_layer_names(model):
+        raise ValueError("The model is already quantized (torchao); pass the float32 model.")
+    if model.training:  # the bottleneck would dither the decoder's calibration latents
+        raise ValueError("compile_int8_static is for inference: call model.eval() first.")
+    clips = calibration_clips(calibration_audio, model.config.hop_length)
+    return StaticInt8Codec(model, clips)
+
+
+def calibration_clips(calibration_audio, hop_length: int) -> list[torch.Tensor]:
+    clips = list(calibration_audio) if isinstance(calibration_audio, (list, tuple)) else [calibration_audio]
+    if not clips or not all(isinstance(clip, torch.Tensor) for clip in clips):
+        raise ValueError("`calibration_audio` must be a tensor (batch_size, 1, num_samples) or a list of them.")
+    shape = tuple(clips[0].shape)
+    for clip in clips:
+        if clip.dtype != torch.float32 or clip.dim() != 3 or clip.shape[1] != 1 or clip.device.type != "cpu":
+            raise ValueError(
+                "`calibration_audio` must hold float32 CPU tensors of shape (batch_size, 1, num_samples); got "
+                f"{clip.dtype} {tuple(clip.shape)} on {clip.device}."
+            )
+        if tuple(clip.shape) != shape:
+            raise ValueError(
+                f"All calibration tensors must have one shape (it is the shape the codec is compiled for); got "
+                f"{shape} and {tuple(clip.shape)}."
+            )
+    if shape[0] == 0 or shape[-1] == 0 or shape[-1] % hop_length:
+        raise ValueError(
+            f"The calibration audio's length must be a positive multiple of hop_length ({hop_length} samples); got "
+            f"shape {shape}. Pad or cut it to whole frames."
+        )
+    if not all(bool(torch.isfinite(clip).all()) and bool(clip.abs().amax() > 0) for clip in clips):
+        raise ValueError("`calibration_audio` holds NaN, infinite or all-zero audio: it cannot set activation ranges.")
+    return clips
+
+
+class StaticInt8Codec:
+    """Encode / decode of one `StableCodecModel` through statically quantized int8, for one input shape (made by
+    `compile_int8_static`). `encode(input_values, posthoc_bottleneck=None)` and `decode(audio_codes,
+    posthoc_bottleneck=None)` work like the model's, without padding masks or chunking: `input_values` must have
+    the calibration audio's shape, and the codes the frames it encodes to."""
+
+    def __init__(self, model: nn.Module, clips: list[torch.Tensor]):
+        self.model = model
+        self.input_shape = tuple(clips[0].shape)
+        self.num_frames = self.input_shape[-1] // model.config.hop_length
+        # Export and calibration cannot use inference tensors (nor make the copies' parameters as such): outside
+        # inference mode, even where the caller is in it.
+        with torch.inference_mode(False), torch.no_grad():
+            encoder, decoder = float_copy(model.encoder), float_copy(model.decoder)
+            clips = [clip.clone() for clip in clips]
+            latents = [encoder(clip) for clip in clips]
+            quantized_latents = [model.quantizer(latent)[0] for latent in latents]
+            self.encoder = quantized_static(encoder, clips)
+            self.decoder = quantized_static(decoder, quantized_latents)
+            # Compile now, at construction, rather than on the first call.
+            self.encoder(clips[0])
+            self.decoder(quantized_latents[0])
+        self.quantized_layers = [f"encoder.{name}" for name in static_int8_layer_names(encoder)] + [
+            f"decoder.{name}" for name in static_int8_layer_names(decoder)
+        ]
+
+    def encode(self, input_values: torch.Tensor, posthoc_bottleneck=None):
+        from .modeling_stable_codec import StableCodecEncoderOutput
+
+        self.model._check_audio(input_values, None)
+        if tuple(input_values.shape) != self.input_shape:
+            raise ValueError(
+                f"This int8 codec was compiled for input_values of shape {self.input_shape} (its calibration "
+                f"audio's); got {tuple(input_values.shape)}. Compile one per shape, or pad to it."
+            )
+        with torch.no_grad():
+            latents = self.encoder(input_values.float()).float()
+            _, audio_codes = self.model._bottleneck(posthoc_bottleneck)(latents)
+        return StableCodecEncoderOutput(audio_codes=audio_codes, latents=latents)
+
+    def decode(self, audio_codes: torch.Tensor, posthoc_bottleneck=None):
+        from .modeling_stable_codec import StableCodecDecoderOutput
+
+        self.model._check_codes(audio_codes, posthoc_bottleneck)
+        if audio_codes.shape[0] != self.input_shape[0] or audio_codes.shape[-1] != self.num_frames:
+            raise ValueError(
+                f"This int8 codec decodes {self.input_shape[0]} clip(s) of {self.num_frames} frames (its calibration "
+                f"audio's shape); got codes of shape {tuple(audio_codes.shape)}."
+            )
+        with torch.no_grad():
+            latents = self.model._bottleneck(posthoc_bottleneck).decode(audio_codes).float()
+            audio_values = self.decoder(latents).float()
+        return StableCodecDecoderOutput(audio_values=audio_values)
+
+
+def static_int8_layer_names(coder: nn.Module) -> list[str]:
+    """The projections `compile_int8_static` quantizes in `coder`: the LayerNorm-fed ones (STATIC_INT8_LAYERS)."""
+    return [
+        name
+        for name, module in coder.named_modules()
+        if isinstance(module, nn.Linear) and name.endswith(STATIC_INT8_LAYERS) and quantizable(module, name)
+    ]
+
+
+def float_copy(coder: nn.Module) -> nn.Module:
+    """A copy of the encoder or decoder in sdpa attention, the CPU's attention, for export. (Its weight norms stay
+    parametrizations: removing one from a copy would also remove it from the model, whose parametrized class the copy
+    shares; freezing folds them into constants anyway.)"""
+    import copy
+
+    coder = copy.deepcopy(coder).eval()
+    # The copy's config is a copy too (deepcopy), so this leaves the model's attention as it was.
+    configs = {id(module.config): module.config for module in coder.modules() if hasattr(module, "config")}
+    for config in configs.values():
+        config._attn_implementation = "sdpa"
+    return coder
+
+
+@contextlib.contextmanager
+def fixed_attention_layouts(coder: nn.Module, example: torch.Tensor):
+    """Within it, every transformer of `coder` returns the attention layout (window mask, blocks) it built on an
+    eager run on `example`, instead of building it while traced. transformers builds the window mask with
+    `torch.vmap`, which `torch.export` records as batching ops that `torch.compile` cannot trace again; at a fixed
+    shape the mask is a constant anyway, and the exported graph keeps it as one."""
+    transformers = [stage.transformer for stage in coder.stages]
+    layouts = {}
+
+    def recording(transformer):
+        build = transformer.attention_layout
+
+        def record(hidden_states, frame_is_valid):
+            layouts[id(transformer)] = build(hidden_states, frame_is_valid)
+            return layouts[id(transformer)]
+
+        return record
+
+    try:
+        for transformer in transformers:
+            transformer.attention_layout = recording(transformer)  # an instance attribute shadows the method
+        coder(example)
+        for transformer in transformers:
+            transformer.attention_layout = lambda *_, layout=layouts[id(transformer)]: layout
+        yield
+    finally:
+        for transformer in transformers:
+            transformer.__dict__.pop("attention_layout", None)
+
+
+def quantized_static(coder: nn.Module, examples: list[torch.Tensor]) -> Callable:
+    """`coder` exported at the examples' shape, int8-annotated, calibrated on `examples`, converted and compiled with
+    freezing under bfloat16 autocast; returns the compiled call."""
+    from torch._inductor import config as inductor_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    with fixed_attention_layouts(coder, examples[0]):
+        graph = torch.export.export(coder, (examples[0],)).module()
+    # Export records each dtype cast that was a no-op in float32 as an assertion that the tensor is float32; under
+    # bfloat16 autocast those tensors are bfloat16, and the assertions would stop the compile.
+    for node in list(graph.graph.nodes):
+        if node.op == "call_function" and node.target == torch.ops.aten._assert_tensor_metadata.default:
+            graph.graph.erase_node(node)
+    graph.recompile()
+    quantizer = x86.X86InductorQuantizer()
+    static = x86.get_default_x86_inductor_quantization_config(is_dynamic=False)
+    for name in static_int8_layer_names(coder):
+        quantizer.set_module_name_qconfig(name, static)
+    prepared = prepare_pt2e(graph, quantizer)
+    for example in examples:
+        prepared(example)
+    compiled = torch.compile(convert_pt2e(prepared), fullgraph=True, dynamic=False)
+
+    def call(inputs: torch.Tensor) -> torch.Tensor:
+        # Freezing is read from inductor's global config when the graph compiles (see benchmarks/contenders.py).
+        with torch.autocast("cpu", dtype=torch.bfloat16), inductor_config.patch(freezing=True):
+            return compiled(inputs)
+
+    return call
