@@ -129,12 +129,13 @@ def agreement(runs: list[dict]) -> None:
             continue
         codes = codes_by_id(pathlib.Path(run["output_dir"]))
         reference = first.setdefault(run["batch_seconds"], (run["code"], codes))
-        same = sum(codes.get(clip_id) == value for clip_id, value in reference[1].items())
-        tokens = equal = 0
+        same = tokens = equal = 0
         for clip_id, value in reference[1].items():
-            expected, actual = np.array(value), np.array(codes.get(clip_id, np.zeros((0, 0))))
+            expected, actual = np.array(value), np.array(codes.get(clip_id, []))
             tokens += expected.size
-            equal += int((expected == actual).sum()) if actual.shape == expected.shape else 0
+            if actual.shape == expected.shape:
+                matching = int((expected == actual).sum())
+                equal, same = equal + matching, same + (matching == expected.size)
         run["same_codes_as_first_run"] = {
             "first_run": reference[0],
             "clips": len(reference[1]),

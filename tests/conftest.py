@@ -66,6 +66,20 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
 
 
+def skip_unless_flash_attention_installed(implementation: str) -> None:
+    """Skips a test of `flash_attention_2` / `flash_attention_4` where that package is not installed; other
+    implementations go on."""
+    import transformers.utils
+
+    if implementation.startswith("flash_attention"):
+        version = implementation[-1]
+        if not getattr(transformers.utils, f"is_flash_attn_{version}_available")():
+            pytest.skip(
+                f"FlashAttention {version} is not installed on this GPU machine (FlashAttention-4: "
+                "scripts/carry_flash_attn_4.sh)"
+            )
+
+
 def synthesize_speech(path: pathlib.Path, text: str, sampling_rate: int = 16000, channels: int = 1) -> pathlib.Path:
     """Real speech: espeak-ng (22.05 kHz mono), converted by sox to the rate, channel count and format of `path`'s
     suffix (.wav, .flac)."""

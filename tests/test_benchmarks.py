@@ -279,3 +279,20 @@ def test_kernel_profile_sums_categories_and_finds_idle_gaps():
     assert math.isclose(summary["busy_ms"], 1.83)
     assert summary["by_category_ms"] == pytest.approx({"matmul": 1.5, "attention": 0.1, "triton": 0.23})
     assert summary["gaps"] == [{"ms": 0.2, "before": "nvjet_gemm"}]
+
+
+def test_tokenize_benchmark_counts_clips_and_tokens_that_differ_from_the_first_run(monkeypatch):
+    """A pipeline race or a run-to-run kernel change shows as clips (and tokens) unlike the first run's: one token
+    flipped in one of two clips, and a clip missing, must both count."""
+    from benchmarks import tokenize_corpus
+
+    outputs = {
+        "first": {"a": [[1, 2, 3], [4, 5, 6]], "b": [[7, 8], [9, 10]]},
+        "flipped": {"a": [[1, 2, 3], [4, 0, 6]], "b": [[7, 8], [9, 10]]},
+        "missing": {"a": [[1, 2, 3], [4, 5, 6]]},
+    }
+    monkeypatch.setattr(tokenize_corpus, "codes_by_id", lambda folder: outputs[folder.name])
+    runs = [{"output_dir": name, "batch_seconds": 320.0, "code": "branch"} for name in outputs]
+    tokenize_corpus.agreement(runs)
+    assert [run["same_codes_as_first_run"]["same"] for run in runs] == [2, 1, 1]
+    assert [run["same_codes_as_first_run"]["token_agreement"] for run in runs] == [1.0, 9 / 10, 6 / 10]

@@ -9,7 +9,7 @@ import torch
 from transformers_stable_codec import StableCodecModel
 from transformers_stable_codec.training.trainer import enable_activation_checkpointing
 
-from .conftest import randomize_, relative_error, requires_cuda, tiny_config
+from .conftest import randomize_, relative_error, requires_cuda, skip_unless_flash_attention_installed, tiny_config
 from .model_helpers import speechlike
 
 
@@ -52,11 +52,7 @@ def test_padded_batch_equals_clips_alone_on_gpu(implementation, monkeypatch):
 def test_flash_attention_padded_batch_equals_clips_alone_and_sdpa(implementation):
     """The flash kernels in bf16, with the exact (left, right) window: a padded batch gives each clip what it gets
     alone, and both stay within bf16 rounding of sdpa's exact band."""
-    import transformers.utils
-
-    version = implementation[-1]
-    if not getattr(transformers.utils, f"is_flash_attn_{version}_available")():
-        pytest.skip(f"FlashAttention {version} is not installed on this GPU machine (scripts/carry_flash_attn_4.sh)")
+    skip_unless_flash_attention_installed(implementation)
     model = gpu_model("sdpa", dtype=torch.bfloat16, attention_window_left=5, attention_window_right=9)
     clips, batch, padding_mask = padded_clips([32000, 17000, 9000])
     with torch.no_grad():
@@ -118,12 +114,7 @@ def streamed_on_gpu(model, codes, **kwargs) -> torch.Tensor:
 def test_stream_equals_decode_on_gpu(implementation, monkeypatch):
     """The exact stream (the receptive field as context and lookahead) on every backend: `decode`'s audio; flash
     attention in bf16, against its own `decode`. Flex attention streams fixed-shape windows with padding masks."""
-    import transformers.utils
-
-    if implementation.startswith("flash"):
-        version = implementation[-1]
-        if not getattr(transformers.utils, f"is_flash_attn_{version}_available")():
-            pytest.skip(f"FlashAttention {version} is not installed on this GPU machine")
+    skip_unless_flash_attention_installed(implementation)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     dtype = torch.bfloat16 if implementation.startswith("flash") else torch.float32
     model = gpu_model(implementation, dtype, attention_window_left=3, attention_window_right=4)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from transformers_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecModel
 
-from .conftest import FIXTURES, relative_error, requires_cuda
+from .conftest import FIXTURES, relative_error, requires_cuda, skip_unless_flash_attention_installed
 
 
 CONFIG_NAMES = ["small_a", "small_b"]
@@ -136,13 +136,6 @@ def check_bf16_parity(model, reference):
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 @pytest.mark.parametrize("attn_implementation", GPU_BACKENDS + ["flash_attention_2", "flash_attention_4"])
 def test_bf16_parity_on_gpu(name, attn_implementation):
-    if attn_implementation.startswith("flash_attention"):
-        import transformers.utils
-
-        version = attn_implementation[-1]
-        if not getattr(transformers.utils, f"is_flash_attn_{version}_available")():
-            pytest.skip(
-                f"FlashAttention {version} is not installed on this GPU machine (scripts/carry_flash_attn_4.sh)"
-            )
+    skip_unless_flash_attention_installed(attn_implementation)
     model, reference = load_fixture(name, attn_implementation, device="cuda", dtype=torch.bfloat16)
     check_bf16_parity(model, reference)
