@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Where the compiled encode + decode spends its GPU time: one 16 x 10 s batch of the paper-scale model in bf16,
-compiled with CUDA graphs (or `--mode default` without), timed and then profiled kernel by kernel. Prints the time
+"""Where the compiled encode + decode spends its GPU time: one 16 x 10 s batch of the paper-scale model in bf16
+(`--precisions bf16 fp8`: also with torchao's fp8 projections), compiled with CUDA graphs (or `--mode default`
+without), timed and then profiled kernel by kernel. Prints the time
 per kernel category (cuBLAS matmuls, attention, inductor's Triton kernels), the GPU's idle gaps and the top
 kernels, and writes JSON.
 
@@ -11,6 +12,7 @@ way). docs/benchmarks.md quotes its figures.
 """
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -26,9 +28,12 @@ sys.path[:0] = [str(REPO / "src"), str(REPO)]
 from benchmarks.benchmark_codecs import load_config
 from benchmarks.contenders import StableCodecContender
 from transformers_stable_codec import StableCodecModel
+from transformers_stable_codec.quantization import quantize_model
 
 
 CATEGORIES = {
+    # fp8 GEMMs first: cuBLAS names its fp8 kernels "nvjet_sm90_qqtst_...", CUTLASS's rowwise one "f8f8bf16_rowwise"
+    "fp8 matmul": ("qqtst", "f8f8", "e4m3"),
     "matmul": ("gemm", "cutlass", "xmma", "nvjet", "cublas"),
     "attention": ("fmha", "flash", "attention", "cudnn"),
     "triton": ("triton",),
@@ -152,6 +157,7 @@ def main(argv=None) -> None:
         choices=["reduce-overhead", "default"],
         help="torch.compile mode: with CUDA graphs (the benchmark's recipe) or without",
     )
+    parser.add_argument("--precisions", nargs="+", choices=["bf16", "fp8"], default=["bf16"])
     parser.add_argument("--top", type=int, default=18, help="kernels listed")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -162,24 +168,30 @@ def main(argv=None) -> None:
     model.set_attn_implementation(args.attention)
     audio_seconds = args.batch * audio.shape[-1] / model.config.sampling_rate
     results = {}
-    for functions in args.functions:
-        torch._dynamo.reset()
-        started = time.perf_counter()
-        call = compiled_codec(model, functions, audio, args.mode)
-        with torch.no_grad():
-            call()
-            torch.cuda.synchronize()
-            entry = {"compile_s": time.perf_counter() - started, **time_call(call)}
-            entry["x_real_time"] = audio_seconds / (entry["wall_ms"] / 1e3)
-            entry["profile"] = profile_call(call, args.top)
-        results[functions] = entry
-        summary = {key: round(value, 2) for key, value in entry["profile"]["by_category_ms"].items()}
-        print(
-            f"{functions}: {entry['x_real_time']:,.0f}x real time, {entry['wall_ms']:.2f} ms per call, "
-            f"{entry['profile']['busy_ms']:.2f} ms of kernels ({summary}), "
-            f"{len(entry['profile']['gaps'])} gaps over {GAP_US:.0f} us",
-            flush=True,
-        )
+    for precision in args.precisions:
+        variant = model
+        if precision == "fp8":
+            variant = copy.deepcopy(model)
+            quantize_model(variant, "fp8")
+        for functions in args.functions:
+            name = functions if args.precisions == ["bf16"] else f"{precision} {functions}"
+            torch._dynamo.reset()
+            started = time.perf_counter()
+            call = compiled_codec(variant, functions, audio, args.mode)
+            with torch.no_grad():
+                call()
+                torch.cuda.synchronize()
+                entry = {"compile_s": time.perf_counter() - started, **time_call(call)}
+                entry["x_real_time"] = audio_seconds / (entry["wall_ms"] / 1e3)
+                entry["profile"] = profile_call(call, args.top)
+            results[name] = entry
+            summary = {key: round(value, 2) for key, value in entry["profile"]["by_category_ms"].items()}
+            print(
+                f"{name}: {entry['x_real_time']:,.0f}x real time, {entry['wall_ms']:.2f} ms per call, "
+                f"{entry['profile']['busy_ms']:.2f} ms of kernels ({summary}), "
+                f"{len(entry['profile']['gaps'])} gaps over {GAP_US:.0f} us",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -264,6 +264,9 @@ def test_kernel_profile_sums_categories_and_finds_idle_gaps():
     from benchmarks.profile_kernels import kernel_category, kernel_summary
 
     assert kernel_category("nvjet_sm90_tst_192x192_64x4_1x2_h_bz_coopB_bias_TNN") == "matmul"
+    # cuBLAS's fp8 kernels (seen on the H200 for torchao's rowwise fp8) and the fused activation-quantizing kernel
+    assert kernel_category("nvjet_sm90_qqtst_128x128_128x6_4x2_h_bz_ovscale_bias_TNT") == "fp8 matmul"
+    assert kernel_category("triton_red_fused__scaled_mm__to_copy_abs_amax_clamp_div_mul_silu_split_7") == "triton"
     assert kernel_category("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7") == "attention"
     assert kernel_category("triton_poi_fused__scaled_dot_product_cudnn_attention__unsafe_view_3") == "triton"
     assert kernel_category("void at::native::vectorized_elementwise_kernel<4>") == "other"
