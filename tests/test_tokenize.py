@@ -277,11 +277,22 @@ def test_clips_the_extractor_would_refuse_are_failures_not_crashes(tmp_path):
     soundfile.write(tmp_path / "slow.wav", np.zeros(800, np.float32), 800)
     soundfile.write(tmp_path / "wide.wav", np.zeros((2, 3), np.float32), 16000)
     soundfile.write(tmp_path / "fine.wav", np.zeros(1600, np.float32), 16000)
-    clips = ShareOfClips(FolderSource(tmp_path), [0, 1, 2])
-    assert [clip.id for clip in clips] == ["fine.wav", "slow.wav", "wide.wav"]
+    soundfile.write(tmp_path / "void.wav", np.zeros(0, np.float32), 16000)
+    clips = ShareOfClips(FolderSource(tmp_path), [0, 1, 2, 3])
+    assert [clip.id for clip in clips] == ["fine.wav", "slow.wav", "void.wav", "wide.wav"]
     assert clips[0].error is None
-    assert "800 Hz is outside the supported 1000 to 384000 Hz" in clips[1].error
-    assert "more channels (3) than samples (2)" in clips[2].error
+    assert "800 Hz is outside the supported range of 1000 to 384000 Hz" in clips[1].error
+    assert "no samples" in clips[2].error
+    assert "shape (3, 2): more channels than samples" in clips[3].error
+
+
+def test_a_dataset_clip_with_nan_samples_is_a_failure_of_its_own():
+    from transformers_stable_codec.tokenize import Clip, checked
+
+    samples = np.zeros((1, 1600), np.float32)
+    samples[0, 7] = np.nan
+    assert "NaN or infinite samples" in checked(Clip("bad", samples, 16000)).error
+    assert checked(Clip("good", np.zeros((1, 1600), np.float32), 16000)).error is None
 
 
 def test_an_audio_folder_needs_no_datasets(corpus, model_dir, tmp_path):

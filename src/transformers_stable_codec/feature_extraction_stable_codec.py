@@ -155,7 +155,7 @@ class StableCodecFeatureExtractor(SequenceFeatureExtractor):
         device = torch.device(device)
         clips = _as_clip_list(raw_audio)
         rates = self._check_rates(sampling_rate, len(clips))
-        signals = [self._check_clip(clip, index, device) for index, clip in enumerate(clips)]
+        signals = [checked_clip(clip, f"clip {index}", device) for index, clip in enumerate(clips)]
         resampled = self._resample(signals, rates)
 
         # As the original: pad each clip to whole latent frames, then mix down (mean of the channels, float32).
@@ -189,46 +189,8 @@ class StableCodecFeatureExtractor(SequenceFeatureExtractor):
         if isinstance(sampling_rate, (list, tuple)):
             if len(sampling_rate) != num_clips:
                 raise ValueError(f"{len(sampling_rate)} sampling rates given for {num_clips} clips.")
-            return [self._check_rate(rate) for rate in sampling_rate]
-        return [self._check_rate(sampling_rate)] * num_clips
-
-    def _check_rate(self, rate):
-        if not _is_real_number(rate) or not math.isfinite(rate) or rate <= 0:
-            raise ValueError(f"`sampling_rate` must be a positive number of Hz, got {rate!r}.")
-        if not MIN_SAMPLING_RATE <= rate <= MAX_SAMPLING_RATE:
-            raise ValueError(
-                f"`sampling_rate` {rate!r} Hz is outside the supported range of {MIN_SAMPLING_RATE} to "
-                f"{MAX_SAMPLING_RATE} Hz."
-            )
-        if rate != int(rate):
-            raise ValueError(
-                f"`sampling_rate` {rate!r} Hz is not a whole number: the original's resampler takes whole numbers of "
-                "Hz, as audio files have; round it (the pitch changes by the rounding, at most 0.05 % at 1 kHz)."
-            )
-        return int(rate)
-
-    def _check_clip(self, clip, index: int, device: torch.device) -> torch.Tensor:
-        """Checks one clip and returns it as a float32 (num_channels, num_samples) tensor on `device`."""
-        where = f"clip {index}"
-        if clip.ndim not in (1, 2):
-            raise ValueError(
-                f"{where} is a {clip.ndim}-D array of shape {tuple(clip.shape)}; a clip must be 1-D (num_samples,) "
-                "or 2-D (num_channels, num_samples). Pass a batch as a list of clips."
-            )
-        if (clip.numel() if isinstance(clip, torch.Tensor) else clip.size) == 0:
-            raise ValueError(f"{where} is empty (shape {tuple(clip.shape)}).")
-        if clip.ndim == 2 and clip.shape[0] > clip.shape[1]:
-            raise ValueError(
-                f"{where} has shape {tuple(clip.shape)}: more channels than samples. Multi-channel audio must be "
-                "(num_channels, num_samples); transpose (num_samples, num_channels) arrays."
-            )
-        if isinstance(clip, torch.Tensor):  # floating point tensors (others went through NumPy) stay where they are
-            waveform = clip.detach().to(device=device, dtype=torch.float32)
-        else:
-            waveform = torch.from_numpy(_to_float32(clip, where)).to(device)
-        if not torch.isfinite(waveform).all():
-            raise ValueError(f"{where} contains NaN or infinite samples.")
-        return waveform.reshape(-1, waveform.shape[-1])
+            return [checked_sampling_rate(rate) for rate in sampling_rate]
+        return [checked_sampling_rate(sampling_rate)] * num_clips
 
     def _resample(self, signals: list[torch.Tensor], rates: list) -> list[torch.Tensor]:
         """Resamples every clip to `self.sampling_rate`: the clips of each input rate together, as one zero-padded
@@ -267,6 +229,47 @@ class StableCodecFeatureExtractor(SequenceFeatureExtractor):
         declipped = normalized / peak * PROTECTED_PEAK
         normalized = torch.where(peak > 1.0, declipped, normalized)
         return torch.where(normalize[:, None], normalized, batch)
+
+
+def checked_sampling_rate(rate) -> int:
+    """`rate` as a whole number of Hz, or a `ValueError` saying why the extractor cannot take it (`stable-codec
+    tokenize` asks before batching, so that one bad clip fails alone)."""
+    if not _is_real_number(rate) or not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"`sampling_rate` must be a positive number of Hz, got {rate!r}.")
+    if not MIN_SAMPLING_RATE <= rate <= MAX_SAMPLING_RATE:
+        raise ValueError(
+            f"`sampling_rate` {rate!r} Hz is outside the supported range of {MIN_SAMPLING_RATE} to "
+            f"{MAX_SAMPLING_RATE} Hz."
+        )
+    if rate != int(rate):
+        raise ValueError(
+            f"`sampling_rate` {rate!r} Hz is not a whole number: the original's resampler takes whole numbers of "
+            "Hz, as audio files have; round it (the pitch changes by the rounding, at most 0.05 % at 1 kHz)."
+        )
+    return int(rate)
+
+
+def checked_clip(clip, where: str, device: torch.device) -> torch.Tensor:
+    """One clip as a float32 (num_channels, num_samples) tensor on `device`, or a `ValueError` naming `where`."""
+    if clip.ndim not in (1, 2):
+        raise ValueError(
+            f"{where} is a {clip.ndim}-D array of shape {tuple(clip.shape)}; a clip must be 1-D (num_samples,) "
+            "or 2-D (num_channels, num_samples). Pass a batch as a list of clips."
+        )
+    if (clip.numel() if isinstance(clip, torch.Tensor) else clip.size) == 0:
+        raise ValueError(f"{where} is empty (shape {tuple(clip.shape)}).")
+    if clip.ndim == 2 and clip.shape[0] > clip.shape[1]:
+        raise ValueError(
+            f"{where} has shape {tuple(clip.shape)}: more channels than samples. Multi-channel audio must be "
+            "(num_channels, num_samples); transpose (num_samples, num_channels) arrays."
+        )
+    if isinstance(clip, torch.Tensor):  # floating point tensors (others went through NumPy) stay where they are
+        waveform = clip.detach().to(device=device, dtype=torch.float32)
+    else:
+        waveform = torch.from_numpy(_to_float32(clip, where)).to(device)
+    if not torch.isfinite(waveform).all():
+        raise ValueError(f"{where} contains NaN or infinite samples.")
+    return waveform.reshape(-1, waveform.shape[-1])
 
 
 def _is_real_number(value) -> bool:

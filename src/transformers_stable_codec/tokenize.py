@@ -50,7 +50,7 @@ from .command_support import (
     weights_sha256,
     write_atomically,
 )
-from .feature_extraction_stable_codec import MAX_SAMPLING_RATE, MIN_SAMPLING_RATE
+from .feature_extraction_stable_codec import checked_clip, checked_sampling_rate
 
 
 RUN_FILE, MANIFEST_FILE = "run.json", "manifest.json"
@@ -125,11 +125,7 @@ def decode_audio_cell(cell: dict) -> tuple[np.ndarray, int]:
         audio, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except (RuntimeError, TypeError) as error:
         raise FileFailure(f"cannot read it as audio ({error}).") from None
-    if audio.shape[0] == 0:
-        raise FileFailure("the clip holds no samples.")
-    if not np.isfinite(audio).all():
-        raise FileFailure("the audio holds NaN or infinite samples.")
-    return audio.T, rate
+    return audio.T, rate  # an empty clip or NaN samples: `checked` reports them as the feature extractor would
 
 
 class DatasetSource:
@@ -260,15 +256,12 @@ def checked(clip: Clip) -> Clip:
 
 
 def unusable(clip: Clip) -> str | None:
-    """Why the feature extractor would refuse a decoded clip (and with it its whole batch), or None."""
-    channels, samples = clip.waveform.shape
-    if not MIN_SAMPLING_RATE <= clip.sampling_rate <= MAX_SAMPLING_RATE:
-        return (
-            f"its sampling rate of {clip.sampling_rate} Hz is outside the supported {MIN_SAMPLING_RATE} to "
-            f"{MAX_SAMPLING_RATE} Hz."
-        )
-    if channels > samples:
-        return f"it has more channels ({channels}) than samples ({samples})."
+    """Why the feature extractor would refuse a decoded clip (and with it its whole batch), or None: its own checks."""
+    try:
+        checked_sampling_rate(clip.sampling_rate)
+        checked_clip(clip.waveform, "the clip", torch.device("cpu"))
+    except ValueError as error:
+        return str(error)
     return None
 
 
