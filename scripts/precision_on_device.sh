@@ -2,8 +2,8 @@
 # fp8 on the GPU machine (issue 17): (a) the quality of every precision against fp32 there, (b) paper-scale encode +
 # decode, ours fp8 against ours bf16 interleaved in one process (flex attention, CUDA graphs), 16 x 10 s then 1 x 10 s.
 # Each part runs under its own time limit and writes its JSON and log to $OUT; a failed part does not stop the next.
-# Carry .whl/torchao (torchao's wheel) and outputs/precision_quality (the held-out speech, made locally by
-# benchmarks/precision_quality.py on first use). Usage, from the repository root:
+# Carry .whl/base, .whl/torchao (torchao's wheel; both installed here into /tmp/site) and outputs/precision_quality
+# (the held-out speech, made locally by benchmarks/precision_quality.py on first use). Usage, from the repository root:
 #   scripts/precision_on_device.sh COMMIT [QUALITY_LIMIT_S] [SPEED_LIMIT_S]
 # QUALITY_LIMIT_S=0 skips part (a). SCENARIOS (default "16x10s 1x10s"), DEVICE, CONFIG, ATTENTION, COMPILE and
 # RANDOM_CONFIGS override the GPU settings (a CPU dry run uses DEVICE=cpu CONFIG=tiny ATTENTION=sdpa COMPILE=none
@@ -21,6 +21,14 @@ RANDOM_CONFIGS=${RANDOM_CONFIGS:-paper}
 SCENARIOS=${SCENARIOS:-16x10s 1x10s}
 export PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
+source scripts/carried_wheels.sh
+if ! "$PYTHON" -c "import torchao" 2>/dev/null; then
+    if [ -d .whl/torchao ]; then
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/torchao/*.whl
+    else
+        echo "warning: torchao is missing and .whl/torchao was not carried: the fp8 variant will fail" >&2
+    fi
+fi
 
 if [ "$QUALITY_LIMIT_S" -gt 0 ]; then
     start=$(date +%s)
