@@ -763,7 +763,8 @@ def parse_args(argv=None):
         choices=COMPILE_MODES,
         default=["none"],
         help="torch.compile modes of our encode / decode (fullgraph); 'freezing' is the default mode with "
-        "inductor's freezing (weights as constants, prepacked for oneDNN: the CPU recipe)",
+        "inductor's freezing (weights as constants, prepacked for oneDNN: the CPU recipe), "
+        "'reduce-overhead+freezing' CUDA graphs with freezing (no per-call host cost for quantized weights)",
     )
     parser.add_argument(
         "--config",

@@ -9,13 +9,15 @@ to codes, decode codes to a waveform.
 """
 
 import contextlib
+import itertools
+import types
 
 import torch
-from torch._inductor import config as inductor_config
 
 from benchmarks.original_codec import build_original, original_model_config
 from transformers_stable_codec import StableCodecConfig, StableCodecModel
 from transformers_stable_codec.modeling_stable_codec import LocalAttentionBlocks
+from transformers_stable_codec.quantization import frozen_compile
 
 
 CONTENDER_LABELS = {
@@ -27,28 +29,38 @@ CONTENDER_LABELS = {
 }
 
 
+# Compile modes that add inductor's freezing, each with the torch.compile mode it runs in.
+FROZEN_MODES = {"freezing": "default", "reduce-overhead+freezing": "reduce-overhead"}
+CUDA_GRAPH_MODES = ("reduce-overhead", "reduce-overhead+freezing", "max-autotune")
+_compiled_functions = itertools.count()
+
+
 def compile_codec_functions(model: StableCodecModel, mode: str):
-    """How `--compile` applies to our model: `(encode, decode)` callables. The one place to change it."""
+    """How `--compile` applies to our model: `(encode, decode)` callables. The one place to change it. `freezing`
+    (the CPU recipe) and `reduce-overhead+freezing` compile with inductor's freezing (`frozen_compile`: the weights
+    become constants, which also removes the per-call host cost of torchao's quantized weights)."""
     if mode == "none":
         return model.encode, model.decode
-    if mode == "freezing":
-        return frozen_compile(model.encode), frozen_compile(model.decode)
+    encode, decode = own_function(model.encode), own_function(model.decode)
+    if mode in FROZEN_MODES:
+        options = dict(mode=FROZEN_MODES[mode], fullgraph=True, dynamic=False)
+        return frozen_compile(encode, **options), frozen_compile(decode, **options)
     options = dict(mode=mode, fullgraph=True, dynamic=False)
-    return torch.compile(model.encode, **options), torch.compile(model.decode, **options)
+    return torch.compile(encode, **options), torch.compile(decode, **options)
 
 
-def frozen_compile(function):
-    """`torch.compile` with inductor's freezing, for inference: the weights become constants, prepacked for oneDNN /
-    MKL, which on CPUs with AMX saves repacking every weight matrix into the tile layout on every call. Freezing is
-    read from inductor's global config when a graph compiles (`torch.compile(options={"freezing": True})` leaves it
-    off), so each call sets it for its own duration."""
-    compiled = torch.compile(function, fullgraph=True, dynamic=False)
+def own_function(method):
+    """`method`, called through a function whose code object is its own. Dynamo keeps compiled graphs per code
+    object, and `encode` and `decode` of every model are one (transformers' output decorator): two variants of a
+    model in one process would share a cache, so that a call also evaluates the other variants' guards, and an
+    unfrozen graph (which guards its weights' metadata, not their identity) would also serve a frozen variant of
+    another model."""
 
     def call(*args, **kwargs):
-        with inductor_config.patch(freezing=True):
-            return compiled(*args, **kwargs)
+        return method(*args, **kwargs)
 
-    return call
+    code = call.__code__.replace(co_name=f"{method.__name__}_{next(_compiled_functions)}")
+    return types.FunctionType(code, call.__globals__, code.co_name, None, call.__closure__)
 
 
 class Contender:
@@ -129,7 +141,7 @@ class StableCodecContender(Contender):
         if attention != self.model.config._attn_implementation:
             self.model.set_attn_implementation(attention)
         self._encode, self._decode = compile_codec_functions(self.model, compile_mode)
-        self._cuda_graphs = compile_mode in ("reduce-overhead", "max-autotune")
+        self._cuda_graphs = compile_mode in CUDA_GRAPH_MODES
 
     def encode(self, audio):
         if not self._cuda_graphs:

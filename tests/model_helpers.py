@@ -44,3 +44,15 @@ def speechlike_audio(
 def speechlike(batch: int, seconds: float, seed: int = 0) -> torch.Tensor:
     """`speechlike_audio` at 16 kHz, (batch, 1, samples), on CPU."""
     return speechlike_audio(batch, int(16000 * seconds), 16000, torch.device("cpu"), seed)
+
+
+def fold_weight_norms(model: torch.nn.Module) -> None:
+    """Replaces every weight-norm parametrization of `model` by the weight it computes, in place. Inductor's
+    freezing folds them too, in eager kernels whose rounding differs from the fused kernel of an unfrozen compile;
+    folded beforehand, frozen and unfrozen compiles of one model compute the same."""
+    from torch.nn.utils import parametrize
+
+    with torch.no_grad():
+        for module in list(model.modules()):
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)

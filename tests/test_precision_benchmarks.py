@@ -109,3 +109,25 @@ def test_static_int8_is_measured_against_its_own_calibration(tmp_path):
     static = results["int8-static"]
     assert static["status"] == "ok", static
     assert static["codes_agreement"]["training"] >= 0.8 and 0 < static["latent_relative_error"] < 0.03
+
+
+@pytest.mark.slow
+def test_call_overhead_benchmark_pairs_every_precision_with_its_frozen_twin(tmp_path):
+    """quantized_call_overhead.py on the tiny model: each precision plain and frozen, the frozen one's codes compared
+    with its twin's, and the quantized layers' host time per layer against bf16 in the same mode (not its value:
+    no timing is asserted)."""
+    from benchmarks import quantized_call_overhead
+
+    path = tmp_path / "overhead.json"
+    results = quantized_call_overhead.main(
+        ["--config", "tiny", "--scenario", "1x1s", "--precisions", "bf16", "int8", "--rounds", "2", "--warmup", "1"]
+        + ["--json", str(path)]
+    )
+    assert json.loads(path.read_text())["variants"].keys() == results["variants"].keys()
+    variants = results["variants"]
+    assert list(variants) == ["bf16:default", "bf16:freezing", "int8:default", "int8:freezing"]
+    assert all(entry["status"] == "ok" and len(entry["wall_s"]) == 2 for entry in variants.values())
+    assert variants["int8:freezing"]["codes_equal_to_plain"] and variants["bf16:freezing"]["codes_equal_to_plain"]
+    assert variants["int8:default"]["quantized_layers"] == 24 and variants["bf16:default"]["quantized_layers"] == 0
+    assert "extra_around_graphs_us_per_layer" in variants["int8:freezing"]
+    assert "extra_around_graphs_us_per_layer" not in variants["bf16:freezing"]

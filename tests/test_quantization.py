@@ -11,7 +11,7 @@ from torch.nn.utils import parametrize
 
 pytest.importorskip("torchao")
 
-from tests.model_helpers import speechlike, tiny_config  # noqa: E402
+from tests.model_helpers import fold_weight_norms, speechlike, tiny_config  # noqa: E402
 from transformers_stable_codec import StableCodecModel  # noqa: E402
 from transformers_stable_codec.command_support import default_model  # noqa: E402
 from transformers_stable_codec.quantization import (  # noqa: E402
@@ -148,6 +148,55 @@ def test_compiled_int8_fuses_activation_quantization_into_the_layer_norm():
     assert "_int_mm(" in source
     assert len(kernels) == 2, kernels
     assert "native_layer_norm" in kernels[0] and "amax" in kernels[0], kernels
+
+
+@pytest.mark.slow
+def test_frozen_compile_hands_the_graph_no_quantized_weights_and_keeps_the_codes(monkeypatch):
+    """Compiled as usual, every torchao weight is a tensor-subclass input of the graph that each call guards and
+    unwraps in Python; `frozen_compile` makes them constants of the graph (the graph's only input is the audio),
+    with the codes of the plain compile. The convolutions' weight norms are folded first: freezing computes them
+    once, in eager kernels whose bf16 rounding differs from the fused kernel's (4 % of the codes here otherwise;
+    that is freezing's, in bf16 too, not the quantized layers')."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from torchao.utils import TorchAOBaseTensor
+
+    from transformers_stable_codec.quantization import frozen_compile
+
+    torch.manual_seed(0)
+    model = StableCodecModel(tiny_config()).to(torch.bfloat16).eval()
+    fold_weight_norms(model)
+    layers = len(quantize_model(model, "int8"))
+    audio = speechlike(1, 1.0, seed=3).to(torch.bfloat16)
+    compile_ = torch.compile
+    graphs = {}
+
+    def recording(name):
+        counter = CompileCounterWithBackend("inductor")  # inductor, with the graph dynamo hands it recorded
+        monkeypatch.setattr(torch, "compile", lambda *args, **options: compile_(*args, backend=counter, **options))
+        graphs[name] = counter.graphs
+
+    torch._dynamo.reset()
+    recording("plain")
+    with torch.no_grad():
+        expected = torch.compile(model.encode, fullgraph=True, dynamic=False)(audio).audio_codes
+    # A new cache: the plain graph's guards (tensor checks on inputs) would also accept the frozen call.
+    torch._dynamo.reset()
+    recording("frozen")
+    codes = frozen_compile(model.encode, fullgraph=True, dynamic=False)(audio).audio_codes
+
+    def inputs(graph):
+        return [node.meta["example_value"] for node in graph.graph.find_nodes(op="placeholder")]
+
+    def constants(graph):
+        return [getattr(graph, node.target) for node in graph.graph.find_nodes(op="get_attr")]
+
+    (plain,), (frozen,) = graphs["plain"], graphs["frozen"]
+    encoder_layers = layers // 2  # the encoder's half of the quantized projections
+    assert sum(isinstance(value, TorchAOBaseTensor) for value in inputs(plain)) == encoder_layers
+    assert not any(isinstance(value, TorchAOBaseTensor) for value in inputs(frozen))
+    assert len(inputs(frozen)) == 1  # the audio
+    assert sum(isinstance(value, TorchAOBaseTensor) for value in constants(frozen)) == encoder_layers
+    assert torch.equal(codes, expected)
 
 
 # Static int8 (compile_int8_static) ----------------------------------------------------------------------------------
