@@ -35,13 +35,13 @@ for path in (REPO / "src", REPO):
 import torch
 
 from benchmarks import benchmark_codecs as bench
+from benchmarks.precision_speed import STATIC_INT8, input_dtype
 from tests.model_helpers import speechlike_audio
 from transformers_stable_codec import POSTHOC_BOTTLENECK_PRESETS, StableCodecFeatureExtractor, StableCodecModel
 from transformers_stable_codec.command_support import default_model
 from transformers_stable_codec.quantization import compile_int8_static, quantize_model
 
 
-STATIC_INT8 = "int8-static"  # compile_int8_static: one compiled codec per clip shape
 PRECISIONS = list(bench.DTYPES) + [STATIC_INT8]
 BOTTLENECKS = ["training"] + sorted(POSTHOC_BOTTLENECK_PRESETS)
 SPEECH = REPO / "outputs" / "precision_quality" / "heldout_speech.pt"
@@ -117,10 +117,6 @@ def prepared_model(base: StableCodecModel, precision: str, clips: list):
     if precision in bench.QUANTIZED:
         quantize_model(model, precision)
     return model
-
-
-def input_dtype(precision: str) -> torch.dtype:
-    return torch.float32 if precision == STATIC_INT8 else bench.DTYPES[precision]
 
 
 @torch.inference_mode()

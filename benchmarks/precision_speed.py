@@ -56,7 +56,8 @@ from transformers_stable_codec import StableCodecModel
 from transformers_stable_codec.quantization import compile_int8_static, quantize_model
 
 
-# Static int8 (compile_int8_static): compiled with inductor's freezing by construction, fed float32 audio.
+# Static int8 (compile_int8_static): compiled with inductor's freezing by construction, fed float32 audio (one
+# codec per input shape; precision_quality.py shares the name).
 STATIC_INT8 = "int8-static"
 
 

@@ -42,7 +42,15 @@ for path in (REPO / "src", REPO):
 import torch
 from torch._inductor.output_code import CompiledFxGraph
 
-from benchmarks.benchmark_codecs import load_config, machine_info, parse_scenario, scenario_name, versions, where_label
+from benchmarks.benchmark_codecs import (
+    load_config,
+    machine_info,
+    parse_scenario,
+    scenario_name,
+    synchronize,
+    versions,
+    where_label,
+)
 from benchmarks.contenders import StableCodecContender
 from tests.model_helpers import fold_weight_norms, speechlike_audio, tiny_config
 from transformers_stable_codec import StableCodecModel
@@ -89,11 +97,6 @@ def quantized_copy(base: StableCodecModel, precision: str) -> tuple[StableCodecM
             quantize_(model, torchao_config("fp8"), filter_fn=quantizable)
         return model, len(quantized_layer_names(model))
     return model, len(quantize_model(model, precision))
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_ms(values: list[float]) -> float:

@@ -380,7 +380,6 @@ def fixed_attention_layouts(coder: nn.Module, example: torch.Tensor):
 def quantized_static(coder: nn.Module, examples: list[torch.Tensor]) -> Callable:
     """`coder` exported at the examples' shape, int8-annotated, calibrated on `examples`, converted and compiled with
     freezing under bfloat16 autocast; returns the compiled call."""
-    from torch._inductor import config as inductor_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
@@ -399,11 +398,10 @@ def quantized_static(coder: nn.Module, examples: list[torch.Tensor]) -> Callable
     prepared = prepare_pt2e(graph, quantizer)
     for example in examples:
         prepared(example)
-    compiled = torch.compile(convert_pt2e(prepared), fullgraph=True, dynamic=False)
+    compiled = frozen_compile(convert_pt2e(prepared), fullgraph=True, dynamic=False)
 
     def call(inputs: torch.Tensor) -> torch.Tensor:
-        # Freezing is read from inductor's global config when the graph compiles (see benchmarks/contenders.py).
-        with torch.autocast("cpu", dtype=torch.bfloat16), inductor_config.patch(freezing=True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
             return compiled(inputs)
 
     return call
